@@ -1,0 +1,1 @@
+"""mlxstore: page-aligned tensor stores and SSD streaming of MoE experts for MLX."""
