@@ -1,0 +1,281 @@
+"""Writing a store: aligned, checksummed, sharded, and crash-safe (SPEC.md section 5).
+
+Everything goes to a hidden directory beside the destination; `finish` writes the index and
+the preambles last, fsyncs, and renames the directory into place. A writer that dies
+early leaves only that hidden directory, which the next writer for the same destination
+removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import zstandard
+
+from .errors import StoreError
+from .index import ExpertGroup, Extent, Index, Piece, Shard, Tensor
+from .layout import (
+    DEFAULT_ALIGNMENT,
+    DTYPE_SIZES,
+    PART_ALIGNMENT,
+    Preamble,
+    align_up,
+    check_alignment,
+    check_file_name,
+    shard_name,
+    xxh3,
+)
+
+PARTIAL_TAG = ".mlxstore-partial-"
+DEFAULT_MAX_SHARD_BYTES = 5 << 30
+_ZEROS = bytes(1 << 16)
+
+
+def partial_dirs(dst: Path) -> list[Path]:
+    """Leftovers of interrupted writes to `dst`."""
+    if not dst.parent.exists():
+        return []
+    return sorted(dst.parent.glob(f".{dst.name}{PARTIAL_TAG}*"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(dst: Path) -> None:
+    """Remove leftovers whose writer process no longer runs."""
+    for d in partial_dirs(dst):
+        pid = d.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StoreWriter:
+    """Appends tensors, expert groups and files to a new store; `finish` publishes it."""
+
+    def __init__(
+        self,
+        dst: str | os.PathLike,
+        *,
+        alignment: int = DEFAULT_ALIGNMENT,
+        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        overwrite: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ):
+        self.dst = Path(dst)
+        self.alignment = check_alignment(alignment)
+        if max_shard_bytes < self.alignment:
+            raise StoreError(f"max shard size {max_shard_bytes} is smaller than the alignment {alignment}")
+        self.max_shard_bytes = max_shard_bytes
+        if self.dst.exists() and not overwrite:
+            raise StoreError(f"{self.dst} already exists (pass overwrite to replace it)")
+        if not self.dst.parent.is_dir():
+            raise StoreError(f"{self.dst.parent} is not a directory")
+        remove_stale_partials(self.dst)
+        self.tmp = self.dst.parent / f".{self.dst.name}{PARTIAL_TAG}{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        self.progress = progress
+        self.index = Index(self.alignment, [], {})
+        self._fds: list[int] = []
+        self._pos = 0
+        self._open_shard()
+
+    # ------------------------------------------------------------ low level
+
+    def _open_shard(self) -> None:
+        shard = len(self._fds)
+        path = self.tmp / shard_name(shard)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self._fds.append(os.open(path, flags, 0o644))
+        self._write_zeros(self.alignment)  # preamble placeholder + padding
+        self._pos = self.alignment
+
+    def _write(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            n = os.write(self._fds[-1], view)
+            view = view[n:]
+            if self.progress:
+                self.progress(n)
+
+    def _write_zeros(self, n: int) -> None:
+        while n > 0:
+            k = min(n, len(_ZEROS))
+            os.write(self._fds[-1], _ZEROS[:k])
+            n -= k
+
+    def _start_item(self, nbytes: int) -> tuple[int, int]:
+        """Position the next item on an aligned offset, in a new shard if it would not fit."""
+        start = align_up(self._pos, self.alignment)
+        if start + nbytes > self.max_shard_bytes and self._pos > self.alignment:
+            self._open_shard()
+            start = self._pos
+        self._pad_to(start)
+        return len(self._fds) - 1, start
+
+    def _pad_to(self, offset: int) -> None:
+        self._write_zeros(offset - self._pos)
+        self._pos = offset
+
+    def _put(self, data) -> Piece:
+        view = memoryview(data).cast("B")
+        piece = Piece(len(self._fds) - 1, self._pos, view.nbytes, xxh3(view))
+        self._write(view)
+        self._pos += view.nbytes
+        return piece
+
+    # ------------------------------------------------------------ items
+
+    def _check_new(self, name: str, dtype: str, shape: Sequence[int]) -> int:
+        if name in self.index.tensors:
+            raise StoreError(f"tensor {name!r} is written twice")
+        if dtype not in DTYPE_SIZES:
+            raise StoreError(f"tensor {name!r}: unsupported dtype {dtype!r}")
+        n = DTYPE_SIZES[dtype]
+        for d in shape:
+            n *= int(d)
+        return n
+
+    def add_tensor(self, name: str, dtype: str, shape: Sequence[int], data, *, compress: bool = False) -> None:
+        """One dense tensor: aligned, one piece, optionally zstd-compressed."""
+        nbytes = self._check_new(name, dtype, shape)
+        view = memoryview(data).cast("B")
+        if view.nbytes != nbytes:
+            raise StoreError(f"tensor {name!r}: {view.nbytes} bytes given, shape {list(shape)} needs {nbytes}")
+        encoding = "raw"
+        if compress:
+            view = memoryview(zstandard.ZstdCompressor(level=3).compress(view))
+            encoding = "zstd"
+            if "zstd" not in self.index.required_features:
+                self.index.required_features.append("zstd")
+        pieces: tuple[Piece, ...] = ()
+        if view.nbytes:
+            self._start_item(view.nbytes)
+            pieces = (self._put(view),)
+        self.index.tensors[name] = Tensor(name, dtype, tuple(int(d) for d in shape), encoding, pieces)
+
+    def add_expert_group(
+        self,
+        prefix: str,
+        tensors: Sequence[tuple[str, str, Sequence[int]]],
+        experts: Iterable[Sequence],
+    ) -> None:
+        """Stacked expert tensors `(name, dtype, [E, ...])`, written expert-major.
+
+        `experts` yields, for each expert in order, the bytes of that expert's slice of
+        every tensor in `tensors` order. Each expert becomes one aligned extent.
+        """
+        if prefix in self.index.expert_groups:
+            raise StoreError(f"expert group {prefix!r} is written twice")
+        if not tensors:
+            raise StoreError(f"expert group {prefix!r} has no tensors")
+        num = int(tensors[0][2][0]) if tensors[0][2] else 0
+        sizes = []
+        for name, dtype, shape in tensors:
+            nbytes = self._check_new(name, dtype, shape)
+            if not shape or int(shape[0]) != num:
+                raise StoreError(f"expert group {prefix!r}: {name!r} shape {list(shape)} is not stacked over {num} experts")
+            sizes.append(nbytes // num if num else 0)
+        extent_len = 0
+        for s in sizes:
+            extent_len = align_up(extent_len, PART_ALIGNMENT) + s
+        pieces: list[list[Piece]] = [[] for _ in tensors]
+        extents = []
+        count = 0
+        for parts in experts:
+            if count >= num:
+                raise StoreError(f"expert group {prefix!r}: more than {num} experts given")
+            if len(parts) != len(tensors):
+                raise StoreError(f"expert group {prefix!r} expert {count}: {len(parts)} parts for {len(tensors)} tensors")
+            shard, start = self._start_item(extent_len)
+            for i, part in enumerate(parts):
+                view = memoryview(part).cast("B")
+                if view.nbytes != sizes[i]:
+                    raise StoreError(f"{tensors[i][0]!r} expert {count}: {view.nbytes} bytes, expected {sizes[i]}")
+                self._pad_to(align_up(self._pos, PART_ALIGNMENT) if i else self._pos)
+                pieces[i].append(self._put(view))
+            extents.append(Extent(shard, start, self._pos - start))
+            count += 1
+        if count != num:
+            raise StoreError(f"expert group {prefix!r}: {count} experts given, shape says {num}")
+        for (name, dtype, shape), ps in zip(tensors, pieces):
+            self.index.tensors[name] = Tensor(name, dtype, tuple(int(d) for d in shape), "raw", tuple(ps), prefix)
+        self.index.expert_groups[prefix] = ExpertGroup(prefix, num, tuple(t[0] for t in tensors), tuple(extents))
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """An embedded file (tokenizer, template...): stored whole, checksummed."""
+        check_file_name(name, "embedded file")
+        if name in self.index.files:
+            raise StoreError(f"embedded file {name!r} is written twice")
+        self._start_item(len(data))
+        self.index.files[name] = self._put(data)
+
+    # ------------------------------------------------------------ publish
+
+    def finish(self) -> Path:
+        """Write index and preambles, fsync, and rename the store into place."""
+        # The index goes last in the primary file; shard sizes are known except the primary's.
+        sizes = [os.fstat(fd).st_size for fd in self._fds]
+        primary_data_end = max(sizes[0], self.alignment)
+        text = b""
+        while True:  # the primary's size is inside the index: iterate to a fixed point
+            total = primary_data_end + len(text)
+            self.index.shards = [Shard(shard_name(i), total if i == 0 else s) for i, s in enumerate(sizes)]
+            new = self.index.to_json_bytes()
+            done = len(new) == len(text)
+            text = new
+            if done:
+                break
+        digest = xxh3(text)
+        os.pwrite(self._fds[0], text, primary_data_end)
+        count = len(self._fds)
+        for i, fd in enumerate(self._fds):
+            size = primary_data_end + len(text) if i == 0 else sizes[i]
+            pre = Preamble(i, count, self.alignment, primary_data_end if i == 0 else 0,
+                           len(text) if i == 0 else 0, digest, size)  # fmt: skip
+            os.fsync(fd)  # data before headers: a header never describes unwritten data
+            os.pwrite(fd, pre.pack(), 0)
+            os.fsync(fd)
+            os.close(fd)
+        self._fds = []
+        _fsync_dir(self.tmp)
+        old = None
+        if self.dst.exists():
+            old = self.dst.parent / f".{self.dst.name}.mlxstore-old-{os.getpid()}"
+            os.rename(self.dst, old)
+        os.rename(self.tmp, self.dst)
+        _fsync_dir(self.dst.parent)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return self.dst
+
+    def abort(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
