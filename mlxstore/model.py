@@ -1,0 +1,110 @@
+"""From a store to an mlx-lm model: the same classes, quantization and tokenizer mlx_lm.load uses.
+
+A store keeps weights in mlx-lm's own parameter names (pack runs the model class's
+`sanitize`), plus the exact quantization of every module, so building a model here is:
+construct the class, quantize the modules the store says are quantized, load the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+from mlx_lm.utils import _decode_tagged_floats, _get_classes, load_tokenizer
+
+from .formats import StoreError
+from .store import Store
+from .store import open as open_store
+
+
+def model_config(store: Store) -> dict:
+    """The model's config as mlx-lm resolved it at pack time."""
+    if store.config is None:
+        raise StoreError(f"{store.path}: store has no model config (it holds tensors, not a model)")
+    return _decode_tagged_floats(store.config)
+
+
+def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module:
+    """The mlx-lm model object for `config`, quantized as recorded, weights not loaded."""
+    try:
+        model_class, args_class = _get_classes(config)
+    except ValueError as e:
+        raise StoreError(f"architecture {config.get('model_type')!r}: {e}") from None
+    model = model_class(args_class.from_dict(config))
+    if quantization:
+        quantized = dict(quantization)
+
+        def predicate(path: str, module: nn.Module) -> Any:
+            q = quantized.get(path)
+            if q is None or not hasattr(module, "to_quantized"):
+                return False
+            return {"group_size": q["group_size"], "bits": q["bits"], "mode": q.get("mode", "affine")}
+
+        nn.quantize(model, class_predicate=predicate)
+        missing = set(quantized) - {p for p, m in model.named_modules() if hasattr(m, "bits")}
+        if missing:
+            raise StoreError(f"store quantizes modules this model does not have: {sorted(missing)[:5]}")
+    model.eval()
+    return model
+
+
+def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | None = None) -> TokenizerWrapper:
+    """mlx-lm's tokenizer from the files embedded in the store."""
+    names = list(store.files)
+    if not any(n.startswith("tokenizer") for n in names):
+        raise StoreError(f"{store.path}: store embeds no tokenizer files")
+    with tempfile.TemporaryDirectory(prefix="mlxstore-tok-") as tmp:
+        for name in names:
+            Path(tmp, name).write_bytes(store.read_file(name))
+        if "config.json" not in names:
+            Path(tmp, "config.json").write_text(json.dumps(store.config))
+        return load_tokenizer(Path(tmp), tokenizer_config, eos_token_ids=config.get("eos_token_id"))
+
+
+def load_weights(model: nn.Module, store: Store, names: Iterable[str], *, check: bool = False) -> None:
+    """Materialize `names` from the store into the model (strictly: every name must exist)."""
+    weights = [(name, store.array(name, check=check)) for name in names]
+    model.load_weights(weights, strict=False)
+    mx.eval([w for _, w in weights])
+
+
+def check_complete(model: nn.Module, names: set[str], skip_prefixes: Iterable[str] = ()) -> None:
+    """Every parameter of the model is either loaded or deliberately skipped."""
+    from mlx.utils import tree_flatten
+
+    skip = tuple(f"{p}." for p in skip_prefixes)
+    params = {k for k, _ in tree_flatten(model.parameters()) if not k.startswith(skip)}
+    missing, extra = params - names, {n for n in names if not n.startswith(skip)} - params
+    if missing or extra:
+        raise StoreError(
+            f"store does not match the {type(model).__module__} model: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}"
+        )
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    tokenizer_config: dict | None = None,
+    check: bool = False,
+    return_config: bool = False,
+):
+    """`(model, tokenizer)` from a store, exactly like `mlx_lm.load` from the source directory."""
+    store = open_store(path)
+    config = model_config(store)
+    model = build_model(config, store.quantization)
+    names = list(store.tensor_names)
+    check_complete(model, set(names))
+    load_weights(model, store, names, check=check)
+    tokenizer = load_store_tokenizer(store, config, tokenizer_config)
+    store.close()
+    if return_config:
+        return model, tokenizer, config
+    return model, tokenizer

@@ -1,0 +1,171 @@
+"""`mlxstore.moe.load`: an mlx-lm model whose dense weights are resident and experts stream.
+
+Dense weights are materialized once and pinned; every switch module found in the model
+tree gets a slot bank sized by the memory plan; the tokenizer is mlx-lm's. The result is
+an ordinary mlx-lm model: `mlx_lm.generate`, `stream_generate`, prompt caches and
+samplers work on it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import mlx.nn as nn
+from mlxstore.formats import StoreError
+from mlxstore.store import Store
+from mlxstore.store import open as open_store
+
+from mlxstore.model import (
+    build_model,
+    check_complete,
+    load_store_tokenizer,
+    load_weights,
+    model_config,
+)
+
+from .bank import BankOptions, ExpertBank
+from .discover import find_switches
+from .plan import DEFAULT_MAX_CONTEXT, Plan, make_plan
+from .policy import DEFAULT_POLICY, make_policy
+from .stats import StreamStats
+from .streaming import PREFETCH_MODES, NextLayer, StreamingExperts
+
+log = logging.getLogger("mlxstore")
+
+DEFAULT_PREFETCH = "none"
+DEFAULT_IO_THREADS = 4
+
+
+def load(
+    store: str | os.PathLike | Store,
+    memory_budget: int | str | None = None,
+    *,
+    slots_per_layer: int | None = None,
+    max_context: int = DEFAULT_MAX_CONTEXT,
+    headroom: int | str | None = None,
+    policy: str = DEFAULT_POLICY,
+    prefetch: str = DEFAULT_PREFETCH,
+    page_cache: str = "keep",
+    io_threads: int = DEFAULT_IO_THREADS,
+    check: bool = False,
+    tokenizer_config: dict | None = None,
+):
+    """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
+
+    memory_budget: bytes or "8GB"; None plans from the machine's available memory.
+    slots_per_layer: fixes the bank size (overrides the budget's derivation).
+    max_context: tokens of KV cache the budget reserves. headroom: bytes kept free for
+    activations (default 5% of the budget, at least 64 MiB). policy: slot replacement
+    policy (moe.policy). prefetch: "none", "temporal" or "next-layer". page_cache:
+    "keep" or "drop" a read expert's pages from the OS cache. check: verify the checksum
+    of every expert read.
+    """
+    if prefetch not in PREFETCH_MODES:
+        raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
+    if page_cache not in ("keep", "drop"):
+        raise ValueError(f"page_cache must be 'keep' or 'drop', got {page_cache!r}")
+    s = store if isinstance(store, Store) else open_store(store)
+    config = model_config(s)
+    model = build_model(config, s.quantization)
+    names = set(s.tensor_names)
+    sites = find_switches(model)
+    groups = s.expert_groups
+    if not sites or not groups:
+        log.warning("mlxstore: %s has no experts to stream; loading it resident", s.path)
+        check_complete(model, names)
+        load_weights(model, s, names, check=check)
+        object.__setattr__(model, "mlxstore_plan", None)
+        return model, load_store_tokenizer(s, config, tokenizer_config)
+    missing = [site.path for site in sites if site.path not in groups]
+    if missing:
+        raise StoreError(f"store has no expert group for the model's MoE layers {missing[:3]}")
+    dense = [n for n in names if s.index.tensors[n].expert_group is None]
+    check_complete(model, names)
+    plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom)
+    log.info(plan.describe())
+    load_weights(model, s, dense, check=check)
+
+    pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="mlxstore-io")
+    options = BankOptions(page_cache=page_cache, check=check)
+    wrappers = []
+    for site in sites:
+        group = groups[site.path]
+        tensors = [s.index.tensors[n] for n in group.tensors]
+        bank = ExpertBank(site.path, site.module, group, tensors,
+                          make_policy(policy, plan.slots_per_layer, group.num_experts),
+                          s.fds, pool, options)  # fmt: skip
+        wrapper = StreamingExperts(site.module, bank, prefetch)
+        setattr(site.parent, site.attr, wrapper)
+        wrappers.append((site, wrapper))
+    for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):
+        if nsite.router is not None and nsite.top_k:
+            object.__setattr__(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
+    object.__setattr__(model, "mlxstore_plan", plan)
+    weakref.finalize(model, _release, pool, s)
+    return model, load_store_tokenizer(s, config, tokenizer_config)
+
+
+def _release(pool: ThreadPoolExecutor, store: Store) -> None:
+    pool.shutdown(wait=True)
+    store.close()
+
+
+def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom) -> Plan:
+    groups = s.expert_groups
+    per_slot = sum(sum(s.index.tensors[n].nbytes // groups[site.path].num_experts
+                       for n in groups[site.path].tensors) for site in sites)  # fmt: skip
+    num_experts = max(groups[site.path].num_experts for site in sites)
+    top_k = max((site.top_k or 1) for site in sites)
+    float_sizes = [s.index.tensors[n].nbytes // max(1, _numel(s, n)) for n in dense
+                   if s.index.tensors[n].dtype in ("float16", "bfloat16", "float32")]  # fmt: skip
+    itemsize = min(float_sizes) if float_sizes else 2
+    return make_plan(
+        budget=budget,
+        dense_bytes=sum(s.index.tensors[n].nbytes for n in dense),
+        expert_bytes=per_slot,
+        num_layers=len(sites),
+        num_experts=num_experts,
+        top_k=top_k,
+        config=config,
+        itemsize=itemsize,
+        max_context=max_context,
+        headroom=headroom,
+        slots_per_layer=slots,
+    )
+
+
+def _numel(s: Store, name: str) -> int:
+    n = 1
+    for d in s.index.tensors[name].shape:
+        n *= d
+    return n
+
+
+def _banks(model: nn.Module) -> dict[str, ExpertBank]:
+    return {m.bank.name: m.bank for _, m in model.named_modules() if isinstance(m, StreamingExperts)}
+
+
+def stats(model: nn.Module, reset: bool = False) -> StreamStats:
+    """Hits, misses, bytes and seconds of every streamed MoE layer (a snapshot copy)."""
+    from copy import copy
+
+    banks = _banks(model)
+    out = StreamStats({name: copy(b.stats) for name, b in banks.items()})
+    if reset:
+        reset_stats(model)
+    return out
+
+
+def reset_stats(model: nn.Module) -> None:
+    from .stats import LayerStats
+
+    for bank in _banks(model).values():
+        bank.stats = LayerStats()
+
+
+def plan_of(model: nn.Module) -> Plan | None:
+    """The memory plan `load` made for this model (None when nothing streams)."""
+    return getattr(model, "mlxstore_plan", None)

@@ -1,0 +1,125 @@
+"""The memory plan: how many expert slots per layer a budget buys, and where the bytes go.
+
+The budget is the whole footprint a user cares about: pinned dense weights + expert
+banks + the KV cache at a stated maximum context + headroom for activations and MLX's
+allocator. The KV figure is an estimate from the config (an upper bound for models with
+sliding-window or linear-attention layers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mlxstore.sizes import format_size, parse_size
+
+DEFAULT_MAX_CONTEXT = 4096
+
+
+@dataclass(frozen=True)
+class Plan:
+    budget: int | None
+    dense_bytes: int
+    expert_bytes: int  # one expert of every MoE layer (bytes per slot, summed over layers)
+    num_layers: int
+    num_experts: int
+    top_k: int
+    slots_per_layer: int
+    kv_bytes: int
+    headroom_bytes: int
+    max_context: int
+
+    @property
+    def bank_bytes(self) -> int:
+        return self.slots_per_layer * self.expert_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.dense_bytes + self.bank_bytes + self.kv_bytes + self.headroom_bytes
+
+    @property
+    def all_experts_fit(self) -> bool:
+        return self.slots_per_layer >= self.num_experts
+
+    def describe(self) -> str:
+        budget = format_size(self.budget) if self.budget is not None else "none"
+        return (
+            f"mlxstore plan: dense {format_size(self.dense_bytes)} + experts "
+            f"{self.slots_per_layer}/{self.num_experts} slots x {self.num_layers} layers "
+            f"{format_size(self.bank_bytes)} + KV@{self.max_context} {format_size(self.kv_bytes)} + "
+            f"headroom {format_size(self.headroom_bytes)} = {format_size(self.total_bytes)} "
+            f"(budget {budget})"
+        )
+
+
+def available_memory() -> int:
+    """Memory the machine can give us now (Linux: MemAvailable; elsewhere half of RAM)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def kv_bytes_per_token(config: dict, itemsize: int) -> int:
+    """Keys + values of every attention layer for one token, from the config."""
+    cfg = config.get("text_config", config)
+    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0
+    heads = cfg.get("num_attention_heads") or 1
+    if cfg.get("kv_lora_rank"):  # multi-head latent attention caches per-head keys and values
+        width = heads * (cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0) + cfg.get("v_head_dim", 0))
+    else:
+        kv_heads = cfg.get("num_key_value_heads") or heads
+        head_dim = cfg.get("head_dim") or cfg.get("hidden_size", 0) // heads
+        width = 2 * kv_heads * head_dim
+    return layers * width * itemsize
+
+
+def make_plan(
+    *,
+    budget: int | str | None,
+    dense_bytes: int,
+    expert_bytes: int,
+    num_layers: int,
+    num_experts: int,
+    top_k: int,
+    config: dict,
+    itemsize: int,
+    max_context: int = DEFAULT_MAX_CONTEXT,
+    headroom: int | str | None = None,
+    slots_per_layer: int | None = None,
+) -> Plan:
+    """Slots per layer for a budget (or the given number), with a clear error when too small."""
+    from mlxstore.formats import StoreError
+
+    kv = kv_bytes_per_token(config, itemsize) * max_context
+    budget_bytes = parse_size(budget) if budget is not None else None
+    if budget_bytes is None and slots_per_layer is None:
+        budget_bytes = available_memory()
+    if headroom is None:
+        base = budget_bytes if budget_bytes is not None else dense_bytes
+        head = max(64 << 20, base // 20)
+    else:
+        head = parse_size(headroom)
+    if slots_per_layer is not None:
+        if not 1 <= slots_per_layer:
+            raise StoreError(f"slots_per_layer must be >= 1, got {slots_per_layer}")
+        slots = min(slots_per_layer, num_experts)
+    else:
+        free = budget_bytes - dense_bytes - kv - head
+        slots = min(num_experts, free // expert_bytes) if expert_bytes else num_experts
+        minimum = dense_bytes + top_k * expert_bytes + kv + head
+        if slots < top_k:
+            raise StoreError(
+                f"memory budget {format_size(budget_bytes)} is too small: at least {format_size(minimum)} "
+                f"is needed (dense {format_size(dense_bytes)} + {top_k} slots x {num_layers} layers "
+                f"{format_size(top_k * expert_bytes)} + KV at {max_context} tokens {format_size(kv)} "
+                f"+ headroom {format_size(head)})"
+            )
+    return Plan(budget_bytes, dense_bytes, expert_bytes, num_layers, num_experts, top_k, slots, kv, head, max_context)

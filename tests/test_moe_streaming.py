@@ -1,0 +1,190 @@
+"""Streamed MoE execution is bit-identical to resident mlx-lm, at every bank size."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx_lm
+import numpy as np
+import pytest
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.sample_utils import make_sampler
+from mlxstore.formats import StoreError
+from mlxstore.pack import pack
+
+import mlxstore
+from mlxstore import moe, osio
+from mlxstore.synth import make_model_dir, tiny_config
+
+MOE_ARCHS = ["qwen3_moe", "qwen2_moe", "mixtral", "deepseek_v3", "gpt_oss", "olmoe", "qwen3_next", "glm4_moe"]
+
+
+def _num_experts(cfg: dict) -> int:
+    for key in ("num_experts", "num_local_experts", "n_routed_experts"):
+        if key in cfg:
+            return cfg[key]
+    raise KeyError("no expert count")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """arch -> (source dir, store dir), built once per module."""
+    root = tmp_path_factory.mktemp("moe")
+    out = {}
+    for arch in MOE_ARCHS:
+        mode = "mxfp4" if arch == "gpt_oss" else "affine"
+        src = make_model_dir(arch, root / f"{arch}-src", mode=mode, seed=1)
+        out[arch] = (src, pack(src, root / f"{arch}.store", progress=False))
+    return out
+
+
+def _prompt(n: int, vocab: int = 512, seed: int = 0) -> mx.array:
+    return mx.array(np.random.default_rng(seed).integers(3, vocab, size=(1, n)), dtype=mx.int32)
+
+
+def _logits_trace(model, prompt: mx.array, steps: int) -> list[np.ndarray]:
+    """Prompt logits, then greedy decode logits one token at a time with a KV cache."""
+    cache = make_prompt_cache(model)
+    logits = model(prompt, cache=cache)
+    out = [np.array(logits.astype(mx.float32))]
+    token = mx.argmax(logits[:, -1:], axis=-1)
+    for _ in range(steps):
+        logits = model(token, cache=cache)
+        out.append(np.array(logits.astype(mx.float32)))
+        token = mx.argmax(logits[:, -1:], axis=-1)
+    return out
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_streamed_logits_bit_identical(models, arch):
+    src, store = models[arch]
+    cfg = tiny_config(arch)
+    experts, top_k = _num_experts(cfg), cfg["num_experts_per_tok"]
+    resident, _ = mlx_lm.load(str(src))
+    prompt = _prompt(24)
+    want = _logits_trace(resident, prompt, steps=6)
+    for slots in sorted({experts, max(top_k, experts // 2), top_k}, reverse=True):
+        model, _ = moe.load(store, slots_per_layer=slots)
+        got = _logits_trace(model, prompt, steps=6)
+        for w, g in zip(want, got):
+            assert np.array_equal(w, g), f"{arch} slots={slots}: logits differ"
+        total = moe.stats(model).total
+        assert total.misses > 0
+        assert total.hits + total.misses == total.requests
+        if slots < experts:
+            assert total.passes > 0 or total.hits > 0  # small banks force passes or reuse
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
+def test_generate_same_tokens_greedy_and_sampled(models, arch):
+    src, store = models[arch]
+    resident, tokenizer = mlx_lm.load(str(src))
+    top_k = tiny_config(arch)["num_experts_per_tok"]
+    model, tok2 = moe.load(store, slots_per_layer=top_k)
+    prompt = "w5 w9 w17 w33 w65"
+    kw = dict(max_tokens=12, verbose=False)
+    assert mlx_lm.generate(model, tok2, prompt, **kw) == mlx_lm.generate(resident, tokenizer, prompt, **kw)
+    outs = []
+    for m, t in ((resident, tokenizer), (model, tok2)):
+        mx.random.seed(7)
+        sampler = make_sampler(temp=0.8, top_p=0.95)
+        outs.append([r.token for r in mlx_lm.stream_generate(m, t, prompt, max_tokens=12, sampler=sampler)])
+    assert outs[0] == outs[1]
+
+
+def test_reads_are_exact(models):
+    _, store = models["qwen3_moe"]
+    model, _ = moe.load(store, slots_per_layer=4)
+    _logits_trace(model, _prompt(8), steps=4)
+    st = moe.stats(model)
+    s = mlxstore.open(store)
+    for name, layer in st.layers.items():
+        group = s.expert_groups[name]
+        per_expert = sum(s.index.tensors[t].nbytes // group.num_experts for t in group.tensors)
+        assert layer.bytes_read == layer.misses * per_expert
+        assert layer.prefetch_issued == 0
+
+
+def test_next_layer_prefetch_is_exact_and_counted(models):
+    src, store = models["qwen3_moe"]
+    resident, _ = mlx_lm.load(str(src))
+    prompt = _prompt(12, seed=3)
+    want = _logits_trace(resident, prompt, steps=4)
+    for mode in ("next-layer", "temporal"):
+        model, _ = moe.load(store, slots_per_layer=4, prefetch=mode, page_cache="drop")
+        got = _logits_trace(model, prompt, steps=4)
+        assert all(np.array_equal(w, g) for w, g in zip(want, got))
+    assert moe.stats(model).total.prefetch_issued >= 0
+
+
+def test_budget_too_small_says_minimum(models):
+    _, store = models["mixtral"]
+    with pytest.raises(StoreError, match="too small: at least"):
+        moe.load(store, memory_budget="1KB")
+
+
+def test_budget_derives_slots(models):
+    _, store = models["qwen3_moe"]
+    model, _ = moe.load(store, slots_per_layer=16)
+    full = moe.plan_of(model)
+    budget = full.dense_bytes + full.kv_bytes + 6 * full.expert_bytes + (64 << 20)
+    model, _ = moe.load(store, memory_budget=budget, headroom=64 << 20)
+    assert moe.plan_of(model).slots_per_layer == 6
+    assert "budget" in moe.plan_of(model).describe()
+
+
+def test_store_without_experts_loads_resident(tmp_path, caplog):
+    src = make_model_dir("llama", tmp_path / "src")
+    store = pack(src, tmp_path / "llama.store", progress=False)
+    with caplog.at_level("WARNING", logger="mlxstore"):
+        model, _ = moe.load(store, slots_per_layer=2)
+    assert "no experts to stream" in caplog.text
+    assert moe.stats(model).layers == {}
+    resident, _ = mlx_lm.load(str(src))
+    prompt = _prompt(5)
+    assert np.array_equal(np.array(model(prompt)), np.array(resident(prompt)))
+
+
+def test_failed_read_leaves_bank_consistent(models, monkeypatch):
+    src, store = models["olmoe"]
+    resident, _ = mlx_lm.load(str(src))
+    prompt = _prompt(10, seed=5)
+    want = np.array(resident(prompt).astype(mx.float32))
+    model, _ = moe.load(store, slots_per_layer=4)
+    real = osio.read_extent_into
+    calls = {"n": 0}
+
+    def flaky(fd, offset, buffers, what="store file"):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            for b in buffers:  # scribble first: a half-filled slot must not be trusted later
+                memoryview(b).cast("B")[:] = b"\xff" * memoryview(b).nbytes
+            raise StoreError(f"{what}: short read (injected)")
+        return real(fd, offset, buffers, what)
+
+    monkeypatch.setattr(osio, "read_extent_into", flaky)
+    with pytest.raises(StoreError, match="injected"):
+        model(prompt)
+    monkeypatch.setattr(osio, "read_extent_into", real)
+    got = np.array(model(prompt).astype(mx.float32))
+    assert np.array_equal(want, got)
+
+
+def test_peak_memory_within_budget(tmp_path):
+    """Experts several times the budget stream within budget + a small stated overhead."""
+    arch = "qwen3_moe"
+    overrides = {"num_experts": 64, "moe_intermediate_size": 256, "num_hidden_layers": 4, "hidden_size": 256}
+    src = make_model_dir(arch, tmp_path / "src", config_overrides=overrides, seed=2)
+    store = pack(src, tmp_path / "big.store", progress=False)
+    s = mlxstore.open(store)
+    expert_total = sum(s.index.tensors[n].nbytes for n in s.tensor_names if s.index.tensors[n].expert_group)
+    dense = sum(s.index.tensors[n].nbytes for n in s.tensor_names if not s.index.tensors[n].expert_group)
+    budget = dense + expert_total // 4
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, _ = moe.load(store, memory_budget=budget, max_context=64, headroom=256 << 10)
+    plan = moe.plan_of(model)
+    assert plan.slots_per_layer < 64 // 3
+    _logits_trace(model, _prompt(16), steps=8)
+    overhead = 4 << 20  # activations and allocator slack of this tiny model
+    assert mx.get_peak_memory() <= budget + overhead
+    assert moe.stats(model).total.misses > 0
