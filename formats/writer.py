@@ -59,6 +59,16 @@ def remove_stale_partials(dst: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _byte_view(data, what: str) -> memoryview:
+    """`data` as flat bytes without copying; empty and 0-d buffers included."""
+    view = memoryview(data)
+    if view.nbytes == 0:
+        return memoryview(b"")  # cast() refuses shapes with a zero in them
+    if not view.c_contiguous:
+        raise StoreError(f"{what}: data is not C-contiguous")
+    return view.cast("B")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -108,8 +118,7 @@ class StoreWriter:
         self._write_zeros(self.alignment)  # preamble placeholder + padding
         self._pos = self.alignment
 
-    def _write(self, data) -> None:
-        view = memoryview(data).cast("B")
+    def _write(self, view: memoryview) -> None:
         while view.nbytes:
             n = os.write(self._fds[-1], view)
             view = view[n:]
@@ -135,8 +144,7 @@ class StoreWriter:
         self._write_zeros(offset - self._pos)
         self._pos = offset
 
-    def _put(self, data) -> Piece:
-        view = memoryview(data).cast("B")
+    def _put(self, view: memoryview) -> Piece:
         piece = Piece(len(self._fds) - 1, self._pos, view.nbytes, xxh3(view))
         self._write(view)
         self._pos += view.nbytes
@@ -157,7 +165,7 @@ class StoreWriter:
     def add_tensor(self, name: str, dtype: str, shape: Sequence[int], data, *, compress: bool = False) -> None:
         """One dense tensor: aligned, one piece, optionally zstd-compressed."""
         nbytes = self._check_new(name, dtype, shape)
-        view = memoryview(data).cast("B")
+        view = _byte_view(data, f"tensor {name!r}")
         if view.nbytes != nbytes:
             raise StoreError(f"tensor {name!r}: {view.nbytes} bytes given, shape {list(shape)} needs {nbytes}")
         encoding = "raw"
@@ -207,7 +215,7 @@ class StoreWriter:
                 raise StoreError(f"expert group {prefix!r} expert {count}: {len(parts)} parts for {len(tensors)} tensors")
             shard, start = self._start_item(extent_len)
             for i, part in enumerate(parts):
-                view = memoryview(part).cast("B")
+                view = _byte_view(part, f"{tensors[i][0]!r} expert {count}")
                 if view.nbytes != sizes[i]:
                     raise StoreError(f"{tensors[i][0]!r} expert {count}: {view.nbytes} bytes, expected {sizes[i]}")
                 self._pad_to(align_up(self._pos, PART_ALIGNMENT) if i else self._pos)
@@ -225,8 +233,9 @@ class StoreWriter:
         check_file_name(name, "embedded file")
         if name in self.index.files:
             raise StoreError(f"embedded file {name!r} is written twice")
-        self._start_item(len(data))
-        self.index.files[name] = self._put(data)
+        view = _byte_view(data, f"file {name!r}")
+        self._start_item(view.nbytes)
+        self.index.files[name] = self._put(view)
 
     # ------------------------------------------------------------ publish
 
