@@ -16,24 +16,41 @@ import bench
 
 
 class _ScanGroup(click.Group):
-    """Imports bench modules only when the command list or a command is asked for."""
+    """Finds ``command`` in each bench module; a module that fails to import only
+    hides its own subcommand (its error is shown when no command matches)."""
 
-    def _scan(self) -> dict[str, click.Command]:
+    def _scan(self) -> tuple[dict[str, click.Command], dict[str, str]]:
         found: dict[str, click.Command] = {}
+        broken: dict[str, str] = {}
         for mod in pkgutil.iter_modules(bench.__path__):
             if mod.name.startswith("_"):
                 continue
-            module = importlib.import_module(f"bench.{mod.name}")
+            try:
+                module = importlib.import_module(f"bench.{mod.name}")
+            except Exception as e:  # noqa: BLE001 - reported below, other commands still work
+                broken[mod.name] = f"{type(e).__name__}: {e}"
+                continue
             cmd = getattr(module, "command", None)
             if isinstance(cmd, click.Command):
                 found[cmd.name or mod.name] = cmd
-        return found
+        return found, broken
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self._scan())
+        return sorted(self._scan()[0])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return self._scan().get(cmd_name)
+        found, broken = self._scan()
+        if cmd_name not in found and broken:
+            details = "; ".join(f"bench/{m}.py: {err}" for m, err in sorted(broken.items()))
+            raise click.ClickException(f"no command {cmd_name!r}; modules that failed to import: {details}")
+        return found.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_commands(ctx, formatter)
+        broken = self._scan()[1]
+        if broken:
+            with formatter.section("Modules that failed to import"):
+                formatter.write_dl(sorted((f"bench/{m}.py", err) for m, err in broken.items()))
 
 
 @click.group(cls=_ScanGroup)
