@@ -12,7 +12,7 @@ import click
 
 # Adding a command is adding its name here: module mlxstore.cli.<name> defines click
 # command <name>.
-COMMANDS = ("pack", "info", "verify")
+COMMANDS = ("pack", "info", "verify", "demo", "generate")
 
 
 class _LazyGroup(click.Group):
