@@ -1,0 +1,88 @@
+"""Host memory for tensors: MLX-owned buffers we read into, and zero-copy wraps of mappings.
+
+Two ways bytes on disk become an `mx.array`:
+
+- read: allocate MLX memory, expose it as a writable memoryview (the buffer protocol of an
+  evaluated array is a view of its data on the CPU backend and on Apple's unified memory),
+  `preadv` straight into it, then reinterpret the bytes as the tensor's dtype and shape
+  (`view` and `reshape` share the buffer). One copy (kernel to MLX memory), no mapping
+  touched, so a file that shrinks under us gives an error and never SIGBUS.
+- wrap: hand MLX a view of mapped file pages with `mx.asarray(..., copy=False)`. Only
+  Metal can adopt foreign memory (page-aligned pointer); the CPU backend raises, and then
+  callers read instead. A wrapped array keeps its numpy view, hence the mapping, alive.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from . import osio
+
+MX_DTYPES: dict[str, mx.Dtype] = {
+    "bool": mx.bool_, "uint8": mx.uint8, "uint16": mx.uint16, "uint32": mx.uint32,
+    "uint64": mx.uint64, "int8": mx.int8, "int16": mx.int16, "int32": mx.int32,
+    "int64": mx.int64, "float16": mx.float16, "bfloat16": mx.bfloat16,
+    "float32": mx.float32, "float64": mx.float64, "complex64": mx.complex64,
+}  # fmt: skip
+
+_WRAP_ERRORS = (ValueError, TypeError, BufferError, RuntimeError)
+
+
+def alloc_bytes(nbytes: int) -> tuple[mx.array, memoryview]:
+    """An evaluated uint8 MLX array of `nbytes` and a writable byte view of its memory."""
+    buf = mx.zeros((nbytes,), dtype=mx.uint8)
+    mx.eval(buf)
+    view = memoryview(buf)
+    if view.readonly or not view.c_contiguous or view.nbytes != nbytes:
+        raise RuntimeError(
+            "this MLX version does not expose array memory as a writable contiguous buffer"
+        )
+    return buf, view
+
+
+def as_tensor(raw: mx.array, dtype: str, shape: Sequence[int]) -> mx.array:
+    """Reinterpret flat uint8 bytes as `dtype` with `shape`, sharing memory; evaluated."""
+    out = raw.view(MX_DTYPES[dtype]).reshape(tuple(shape))
+    mx.eval(out)
+    return out
+
+
+def empty_tensor(dtype: str, shape: Sequence[int]) -> mx.array:
+    out = mx.zeros(tuple(shape), dtype=MX_DTYPES[dtype])
+    mx.eval(out)
+    return out
+
+
+def can_wrap() -> bool:
+    """Whether this MLX backend adopts host memory without a copy (Metal yes, CPU no)."""
+    probe = mmap.mmap(-1, osio.page_size())
+    try:
+        mx.asarray(np.frombuffer(probe, np.uint8), copy=False)
+    except _WRAP_ERRORS:
+        return False
+    return True
+
+
+def wrap_mapped(
+    mm: mmap.mmap, offset: int, nbytes: int, dtype: str, shape: Sequence[int]
+) -> mx.array | None:
+    """Bytes of a mapping as an `mx.array` without a copy, or None if MLX cannot adopt them.
+
+    Metal adopts only page-aligned memory, so the wrapped span is rounded up to whole pages
+    when the mapping has them (as llama.cpp does) and the tensor is a slice of it.
+    """
+    page = osio.page_size()
+    span = -(-nbytes // page) * page
+    for length in dict.fromkeys((span, nbytes)):
+        if offset + length > len(mm):
+            continue
+        try:
+            raw = mx.asarray(np.frombuffer(mm, np.uint8, length, offset), copy=False)
+        except _WRAP_ERRORS:
+            continue
+        return as_tensor(raw[:nbytes] if length != nbytes else raw, dtype, shape)
+    return None
