@@ -6,8 +6,10 @@ written, so a bad SRC never leaves a partial store behind.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ _WEIGHT_SUFFIXES = (
     ".onnx",
 )
 _WEIGHT_INDEXES = (".safetensors.index.json", ".bin.index.json")
+_MAX_SAFETENSORS_HEADER = 100 << 20  # what the safetensors library accepts
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -91,18 +94,39 @@ def _check_architecture(config: dict, path: Path) -> None:
         ) from None
 
 
+def _check_safetensors(path: Path) -> None:
+    """Header sane and every tensor inside the file: names a damaged file before mlx-lm
+    reports it without saying which file it was."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 2 <= n <= _MAX_SAFETENSORS_HEADER:
+                raise StoreError(f"{path}: not a safetensors file (bad header length)")
+            header = json.loads(f.read(n))
+        size = path.stat().st_size
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise StoreError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise StoreError(f"{path}: not a safetensors file (header is not an object)")
+    try:
+        end = max(
+            (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0
+        )
+    except (TypeError, ValueError, KeyError, IndexError):
+        raise StoreError(f"{path}: not a safetensors file (bad tensor entry in header)") from None
+    if 8 + n + end > size:
+        raise StoreError(f"{path}: truncated ({size} bytes, its header describes {8 + n + end})")
+
+
 def _check_weights(path: Path) -> None:
     weights = sorted(path.glob("model*.safetensors"))  # exactly what mlx-lm loads
     if not weights:
         raise StoreError(f"{path}: no weights (no model*.safetensors files)")
     for w in weights:
-        try:
-            with open(w, "rb") as f:
-                head = f.read(8)
-        except OSError as e:
-            raise StoreError(f"{w}: cannot read: {e.strerror or e}") from None
-        if len(head) < 8:
-            raise StoreError(f"{w}: not a safetensors file (too short)")
+        _check_safetensors(w)
 
 
 def open_source(src: str | os.PathLike) -> Source:
