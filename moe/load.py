@@ -96,7 +96,7 @@ def load(
         tensors = [s.index.tensors[n] for n in group.tensors]
         bank = ExpertBank(site.path, site.module, group, tensors,
                           make_policy(policy, plan.slots_per_layer, group.num_experts),
-                          s.fds, pool, options)  # fmt: skip
+                          [s.fd(i) for i in range(len(s.index.shards))], pool, options)  # fmt: skip
         wrapper = StreamingExperts(site.module, bank, prefetch)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))

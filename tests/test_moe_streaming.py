@@ -70,8 +70,8 @@ def test_streamed_logits_bit_identical(models, arch):
         total = moe.stats(model).total
         assert total.misses > 0
         assert total.hits + total.misses == total.requests
-        if slots < experts:
-            assert total.passes > 0 or total.hits > 0  # small banks force passes or reuse
+        if slots == top_k:  # a 24-token prompt needs more distinct experts than top-k slots
+            assert total.passes > 0
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
@@ -141,7 +141,7 @@ def test_store_without_experts_loads_resident(tmp_path, caplog):
     assert moe.stats(model).layers == {}
     resident, _ = mlx_lm.load(str(src))
     prompt = _prompt(5)
-    assert np.array_equal(np.array(model(prompt)), np.array(resident(prompt)))
+    assert np.array_equal(np.array(model(prompt).astype(mx.float32)), np.array(resident(prompt).astype(mx.float32)))
 
 
 def test_failed_read_leaves_bank_consistent(models, monkeypatch):
