@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import format_size
+from mlxstore.sizes import format_size
 
 
 def _where(x: dict) -> str:

@@ -6,7 +6,9 @@ import time
 
 import click
 
-from .options import Size, format_size
+from mlxstore.sizes import format_size
+
+from .options import Size
 
 
 @click.command()
@@ -43,5 +45,5 @@ def pack(src: str, dst: str, alignment: int, max_shard_size: int, compress_dense
         f"packed {info['model_type']} into {out}: {format_size(sizes['total_file_bytes'])} in "
         f"{len(info['shards'])} file(s), {format_size(sizes['dense_bytes'])} dense + "
         f"{format_size(sizes['expert_bytes'])} experts in {len(info['expert_groups'])} groups, "
-        f"{seconds:.1f} s ({format_size(int(moved / max(seconds, 1e-9)))}/s)"
+        f"{seconds:.2f} s ({format_size(int(moved / max(seconds, 1e-9)))}/s)"
     )

@@ -11,25 +11,30 @@ import platform
 
 import mlx.core as mx
 
+from .buffers import can_wrap
 from .formats import Index, StoreReader
 from .formats.index import Extent, Piece
 
 
 def load_mode() -> dict:
-    """How arrays come out of a mapped store on this machine's MLX backend.
+    """How arrays come out of a mapped store with this machine's MLX backend.
 
-    Metal's allocator can wrap page-aligned mapped memory as a buffer, so a raw dense
-    tensor becomes an array without a copy. The CPU and CUDA backends allocate their own
-    memory, so each tensor is copied once from the mapping.
+    Metal adopts page-aligned mapped memory as a buffer, so a raw dense tensor becomes an
+    array without a copy. The CPU and CUDA backends allocate their own memory, so each
+    tensor is copied once from the file. Probed, not guessed from the platform.
     """
+    cuda = getattr(mx, "cuda", None)
     if mx.metal.is_available():
-        backend, zero_copy = "metal", True
-        note = "raw dense tensors are wrapped in place (zero-copy)"
+        backend = "metal"
+    elif cuda is not None and cuda.is_available():
+        backend = "cuda"
     else:
-        cuda = getattr(mx, "cuda", None)
-        backend = "cuda" if cuda is not None and cuda.is_available() else "cpu"
-        zero_copy = False
-        note = f"the {backend} backend copies each tensor once from the mapped file"
+        backend = "cpu"
+    zero_copy = can_wrap()
+    if zero_copy:
+        note = "raw dense tensors are wrapped in place (zero-copy); zstd ones are decompressed"
+    else:
+        note = f"the {backend} backend copies each tensor once from the file"
     return {
         "backend": backend,
         "default_device": str(mx.default_device()),

@@ -129,4 +129,4 @@ def test_cli_reports_errors_without_traceback(tmp_path, src):
     r = CliRunner().invoke(main, ["pack", "-q", "--alignment", "1000", str(src), str(tmp_path / "d2")])
     assert r.exit_code == 1 and "alignment" in r.output and not (tmp_path / "d2").exists()
     r = CliRunner().invoke(main, ["pack", "--max-shard-size", "lots", str(src), str(tmp_path / "d3")])
-    assert r.exit_code == 2 and "not a size" in r.output
+    assert r.exit_code == 2 and "not a number" in r.output
