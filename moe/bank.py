@@ -61,7 +61,6 @@ class ExpertBank:
         self.options = options
         self.stats = LayerStats()
         self.predicted: set[int] = set()
-        self.expert_bytes = sum(t.pieces[0].length for t in tensors) if group.num_experts else 0
         self.arrays: list[mx.array] = []
         self._rows: list[tuple[memoryview, int]] = []
         updates = []
@@ -111,7 +110,7 @@ class ExpertBank:
             if self.predicted:
                 st.prefetch_used += sum(1 for e, _ in misses if e in self.predicted)
             self._read_all(misses)
-            st.bytes_read += len(misses) * self.expert_bytes
+            st.bytes_read += sum(self.group.extents[e].length for e, _ in misses)
             st.read_seconds += time.perf_counter() - start
         self.predicted = set()
         st.wait_seconds += time.perf_counter() - start
