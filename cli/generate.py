@@ -27,10 +27,9 @@ import click
 def generate(model_path, prompt, max_tokens, temp, top_p, seed, system_prompt, ignore_chat_template,
              memory_budget, slots_per_layer, max_context, policy, prefetch, page_cache, check) -> None:  # fmt: skip
     """Generate text from a store, streaming experts; ends with one line of stats."""
+    from mlxstore import moe
     from mlxstore.formats import StoreError
     from mlxstore.moe.generate import Summary, build_prompt, generate_text
-
-    from mlxstore import moe
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
-from mlxstore.formats import ChecksumError, ExpertGroup, StoreError, Tensor
-from mlxstore.formats.layout import xxh3
 
 from mlxstore import osio
+from mlxstore.formats import ChecksumError, ExpertGroup, StoreError, Tensor
+from mlxstore.formats.layout import xxh3
 
 from .policy import SlotPolicy
 from .stats import LayerStats

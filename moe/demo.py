@@ -11,10 +11,10 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
+
 from mlxstore.pack import pack
 from mlxstore.sizes import format_size
 from mlxstore.store import open as open_store
-
 from mlxstore.synth import make_model_dir
 
 from .load import load, plan_of, stats

@@ -14,10 +14,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import mlx.nn as nn
-from mlxstore.formats import StoreError
-from mlxstore.store import Store
-from mlxstore.store import open as open_store
 
+from mlxstore.formats import StoreError
 from mlxstore.model import (
     build_model,
     check_complete,
@@ -25,6 +23,8 @@ from mlxstore.model import (
     load_weights,
     model_config,
 )
+from mlxstore.store import Store
+from mlxstore.store import open as open_store
 
 from .bank import BankOptions, ExpertBank
 from .discover import find_switches

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+
 from mlxstore.formats import StoreError
 
 from .bank import ExpertBank

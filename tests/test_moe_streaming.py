@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
-from mlxstore.formats import StoreError
-from mlxstore.pack import pack
 
 import mlxstore
 from mlxstore import moe, osio
+from mlxstore.formats import StoreError
+from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir, tiny_config
 
 MOE_ARCHS = ["qwen3_moe", "qwen2_moe", "mixtral", "deepseek_v3", "gpt_oss", "olmoe", "qwen3_next", "glm4_moe"]
