@@ -63,7 +63,6 @@ def info(store: str, as_json: bool) -> None:
     """Describe STORE: model, sizes, alignment, shards, compression, and the byte extents
     of every tensor and every expert."""
     from mlxstore.formats import StoreError
-
     from mlxstore.info import store_info
 
     try:

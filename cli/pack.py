@@ -27,7 +27,6 @@ def pack(src: str, dst: str, alignment: int, max_shard_size: int, compress_dense
     """Pack model SRC (an mlx-lm loadable directory, or a Hugging Face repo id already in
     the local cache) into a new store DST."""
     from mlxstore.formats import StoreError
-
     from mlxstore.info import store_info
     from mlxstore.pack import pack as run_pack
 

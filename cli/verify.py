@@ -14,8 +14,9 @@ def verify(store: str, quiet: bool) -> None:
     Exit 0 when all match, 1 when something is damaged (each damaged item is printed),
     2 when the store cannot be opened at all.
     """
-    from mlxstore.formats import StoreError, StoreReader
     from tqdm import tqdm
+
+    from mlxstore.formats import StoreError, StoreReader
 
     try:
         reader = StoreReader(store)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlxstore.formats import DTYPE_SIZES, StoreReader, StoreWriter
 
 # numpy stand-ins: bfloat16 travels as its uint16 bits.

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+
 from mlxstore.cli.main import main
 from mlxstore.formats import StoreError
-
 from mlxstore.pack import pack
 
 

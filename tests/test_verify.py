@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+
 from mlxstore.cli.main import main
 from mlxstore.formats import StoreError, StoreReader
 from mlxstore.formats.layout import PREAMBLE_SIZE, Preamble, parse_preamble, xxh3
-
 from mlxstore.info import store_info
 
 
