@@ -118,7 +118,11 @@ class Index:
         obj["files"] = {k: v.to_json() for k, v in self.files.items()}
         obj["tensors"] = {k: v.to_json() for k, v in self.tensors.items()}
         obj["expert_groups"] = {k: v.to_json() for k, v in self.expert_groups.items()}
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:  # strict JSON: NaN or Infinity would make the index unreadable
+            text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"index: cannot be written as strict JSON: {e}") from None
+        return text.encode("utf-8")
 
 
 # ---------------------------------------------------------------- parsing

@@ -16,7 +16,7 @@ from pathlib import Path
 import zstandard
 
 from .errors import StoreError
-from .index import ExpertGroup, Extent, Index, Piece, Shard, Tensor
+from .index import ExpertGroup, Extent, Index, Piece, Shard, Tensor, parse_index
 from .layout import (
     DEFAULT_ALIGNMENT,
     DTYPE_SIZES,
@@ -253,6 +253,10 @@ class StoreWriter:
             text = new
             if done:
                 break
+        try:  # never publish a store our own reader would refuse
+            parse_index(text, self.alignment, [primary_data_end] + sizes[1:], self.index.minor)
+        except StoreError as e:
+            raise StoreError(f"{self.dst}: refusing to write an invalid index: {e}") from None
         digest = xxh3(text)
         os.pwrite(self._fds[0], text, primary_data_end)
         count = len(self._fds)
