@@ -31,7 +31,8 @@ except ImportError:  # pragma: no cover - not POSIX
 F_RDADVISE = 44
 F_RDAHEAD = 45
 F_NOCACHE = 48
-# struct radvisory { off_t ra_offset; int ra_count; } padded to 16 bytes.
+# struct radvisory { off_t ra_offset; int ra_count; }: 12 bytes (packed 4) or 16 (aligned);
+# the kernel reads the first 12 either way.
 _RADVISORY = struct.Struct("=qi4x")
 _INT_MAX = (1 << 31) - 1
 _READ_CHUNK = 1 << 30  # one syscall never asks for more (Linux caps reads near 2 GiB)

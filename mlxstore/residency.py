@@ -31,7 +31,7 @@ class ResidencyStats:
     bytes_mapped: int = 0  # gauge: bytes of store files currently mapped
     bytes_materialized: int = 0  # gauge: bytes of tensors mlxstore holds now
     pinned_bytes: int = 0  # gauge: of those, bytes pinned
-    bytes_read: int = 0  # bytes read from the store files
+    bytes_read: int = 0  # bytes read from store files (zero-copy arrays fault theirs in later)
     bytes_evicted: int = 0
     hits: int = 0
     misses: int = 0

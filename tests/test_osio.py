@@ -11,9 +11,9 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlxstore.formats import StoreError
 
 from mlxstore import osio
+from mlxstore.formats import StoreError
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 
@@ -133,7 +133,7 @@ def darwin(monkeypatch):
 def test_macos_willneed_is_rdadvise(darwin):
     assert osio.advise_willneed(3, 16384, 1 << 20)
     assert darwin == [(3, 44, struct.pack("=qi4x", 16384, 1 << 20))]
-    assert len(darwin[0][2]) == 16  # sizeof(struct radvisory) on 64-bit macOS
+    assert len(darwin[0][2]) >= 12  # off_t then int: 12 bytes packed(4), 16 naturally aligned
 
 
 def test_macos_willneed_splits_ranges_over_int_max(darwin):
