@@ -189,12 +189,13 @@ def save_weights(model: nn.Module, out_dir: Path, shards: int = 1) -> list[Path]
         raise ValueError(f"cannot split {len(weights)} tensors into {shards} files")
     total = sum(v.nbytes for _, v in weights)
     groups: list[dict[str, mx.array]] = [{} for _ in range(shards)]
-    done = 0
+    slot, done = 0, 0
     for i, (k, v) in enumerate(weights):
-        # Even split by bytes, but every file gets at least one tensor.
-        slot = min(done * shards // max(total, 1), shards - 1)
-        slot = max(slot, shards - (len(weights) - i))
-        slot = min(slot, i)
+        # Split about evenly by bytes, never leaving a file empty.
+        behind = done * shards // max(total, 1) > slot
+        must = len(weights) - i <= shards - 1 - slot
+        if groups[slot] and slot < shards - 1 and (behind or must):
+            slot += 1
         groups[slot][k] = v
         done += v.nbytes
     if shards == 1:
