@@ -20,6 +20,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.utils import _get_classes, quantize_model, save_config
 
+from .synth_tokenizer import write_tokenizer
+
 # Shared by every tiny config; an architecture's entry overrides or extends it.
 _BASE: dict[str, Any] = {
     "hidden_size": 64,
@@ -33,8 +35,6 @@ _BASE: dict[str, Any] = {
     "max_position_embeddings": 512,
     "rope_theta": 10000.0,
     "tie_word_embeddings": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
 }
 
 # One tiny config per architecture: data, not code paths. MoE ones have 8-16 experts,
@@ -248,23 +248,10 @@ def make_model_dir(
             model, config, mode=mode, bits=bits, group_size=group_size, mixed=mixed
         )
     save_weights(model, out, shards)
+    special = write_tokenizer(out, config["vocab_size"])
+    config.update(special)
     save_config(config, out / "config.json")
-    _write_tokenizer(out, config["vocab_size"])
-    eos = {"eos_token_id": 2, "bos_token_id": 1}
-    (out / "generation_config.json").write_text(json.dumps(eos, indent=2) + "\n")
+    generation = {"bos_token_id": special["bos_token_id"], "eos_token_id": special["eos_token_id"]}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return out
 
-
-def _write_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """A WordLevel tokenizer over words w0..wN (stand-in until synth_tokenizer lands)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {t: i for i, t in enumerate(specials)}
-    vocab.update({f"w{i}": i for i in range(len(specials), vocab_size)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(out_dir / "tokenizer.json"))
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>",
-           "bos_token": "<s>", "eos_token": "</s>", "model_max_length": 512}  # fmt: skip
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
