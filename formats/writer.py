@@ -30,15 +30,16 @@ from .layout import (
 )
 
 PARTIAL_TAG = ".mlxstore-partial-"
+OLD_TAG = ".mlxstore-old-"  # a replaced store, deleted once the new one is in place
 DEFAULT_MAX_SHARD_BYTES = 5 << 30
 _ZEROS = bytes(1 << 16)
 
 
 def partial_dirs(dst: Path) -> list[Path]:
-    """Leftovers of interrupted writes to `dst`."""
+    """Leftovers of interrupted writes to `dst` (unfinished new stores, replaced old ones)."""
     if not dst.parent.exists():
         return []
-    return sorted(dst.parent.glob(f".{dst.name}{PARTIAL_TAG}*"))
+    return sorted(p for tag in (PARTIAL_TAG, OLD_TAG) for p in dst.parent.glob(f".{dst.name}{tag}*"))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -52,11 +53,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_partials(dst: Path) -> None:
-    """Remove leftovers whose writer process no longer runs."""
+    """Clear leftovers whose writer process no longer runs.
+
+    A writer that died between moving the old store aside and moving the new one in left
+    the old store under `.NAME.mlxstore-old-PID` and no DST: it goes back to DST, never lost.
+    """
     for d in partial_dirs(dst):
         pid = d.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+        if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        if OLD_TAG in d.name and not dst.exists():
+            os.rename(d, dst)
+        elif d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
+        else:
+            d.unlink(missing_ok=True)
 
 
 def _byte_view(data, what: str) -> memoryview:
@@ -94,11 +105,11 @@ class StoreWriter:
         if max_shard_bytes < self.alignment:
             raise StoreError(f"max shard size {max_shard_bytes} is smaller than the alignment {alignment}")
         self.max_shard_bytes = max_shard_bytes
-        if self.dst.exists() and not overwrite:
-            raise StoreError(f"{self.dst} already exists (pass overwrite to replace it)")
         if not self.dst.parent.is_dir():
             raise StoreError(f"{self.dst.parent} is not a directory")
         remove_stale_partials(self.dst)
+        if self.dst.exists() and not overwrite:
+            raise StoreError(f"{self.dst} already exists (pass overwrite to replace it)")
         self.tmp = self.dst.parent / f".{self.dst.name}{PARTIAL_TAG}{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
@@ -272,7 +283,7 @@ class StoreWriter:
         _fsync_dir(self.tmp)
         old = None
         if self.dst.exists():
-            old = self.dst.parent / f".{self.dst.name}.mlxstore-old-{os.getpid()}"
+            old = self.dst.parent / f".{self.dst.name}{OLD_TAG}{os.getpid()}"
             os.rename(self.dst, old)
         os.rename(self.tmp, self.dst)
         _fsync_dir(self.dst.parent)
