@@ -1,0 +1,164 @@
+"""Routing replay: MoE layers take their expert ids from a recorded trace, not their router.
+
+Why: random-weight models route unlike real ones (degenerately or uniformly), so cache
+and I/O figures measured on them mislead. Replaying a real model's routing makes the
+expert access pattern (hits, misses, reads) that model's. The router still runs (its cost
+is paid and its scores weight the outputs); only the ids handed to the switch module are
+replaced, before any slot mapping, so a streamed model and a resident one replay alike.
+
+Mapping: the n-th MoE layer of the model replays trace layer n mod trace.n_layer; a call
+of T tokens consumes the next T steps of the trace (wrapping around at its end); a trace
+with more experts per token than the model keeps its first k (rank order); one with fewer
+is padded with distinct ids drawn (seeded, no host sync) in proportion to how often the
+trace used each expert in that layer, so padding looks like popular experts, not noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
+
+from mlxstore.formats.route_trace import GENERATION, RouteTrace
+
+from .streaming import StreamingExperts
+
+
+class ReplayedExperts(nn.Module):
+    """Wraps a switch module (or StreamingExperts); feeds it trace ids instead of router ids."""
+
+    def __init__(self, inner: nn.Module, calls: list[tuple[int, ...]], num_experts: int,
+                 seed: int, record: bool = False):  # fmt: skip
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "num_experts", num_experts)
+        object.__setattr__(self, "_calls", calls)
+        object.__setattr__(self, "_seed", seed)
+        object.__setattr__(self, "_tables", {})
+        object.__setattr__(self, "cursor", 0)
+        object.__setattr__(self, "log", [] if record else None)
+
+    def table(self, k: int) -> np.ndarray:
+        """`[steps, k]` expert ids: trace rows cut or padded to k (built once per k)."""
+        tables: dict[int, np.ndarray] = self._tables
+        if k not in tables:
+            tables[k] = pad_rows(self._calls, k, self.num_experts, self._seed)
+        return tables[k]
+
+    def take(self, tokens: int, k: int) -> np.ndarray:
+        """The next `tokens` rows of the table, wrapping around; advances the cursor."""
+        table = self.table(k)
+        rows = np.arange(self.cursor, self.cursor + tokens) % table.shape[0]
+        object.__setattr__(self, "cursor", (self.cursor + tokens) % table.shape[0])
+        return table[rows]
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        k = indices.shape[-1]
+        ids = self.take(indices.size // k, k)
+        if self.log is not None:
+            self.log.append(ids)
+        return self.inner(x, mx.array(ids.reshape(indices.shape), dtype=indices.dtype))
+
+
+def pad_rows(calls: Sequence[tuple[int, ...]], k: int, num_experts: int, seed: int) -> np.ndarray:
+    """Rows of exactly k distinct ids: the first k of each, padded by frequency-weighted draws."""
+    if not calls:
+        raise ValueError("the trace has no rows for this layer in the chosen phases")
+    counts = np.ones(num_experts)
+    for row in calls:
+        counts[list(row)] += 1
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(calls), k), dtype=np.int64)
+    for i, row in enumerate(calls):
+        head = list(row[:k])
+        if len(head) < k:
+            p = counts.copy()
+            p[head] = 0
+            head += rng.choice(num_experts, size=k - len(head), replace=False, p=p / p.sum()).tolist()
+        out[i] = head
+    return out
+
+
+def _switch_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Outermost expert modules in layer order: StreamingExperts, or SwitchGLU / SwitchMLP."""
+    kinds = (ReplayedExperts, StreamingExperts, SwitchGLU, SwitchMLP)
+    found = [(p, m) for p, m in model.named_modules() if isinstance(m, kinds)]
+    outer = [(p, m) for p, m in found if not any(p.startswith(q + ".") for q, _ in found)]
+    return sorted(outer, key=lambda pm: _natural_key(pm[0]))
+
+
+def _natural_key(path: str) -> list:
+    return [int(t) if t.isdigit() else t for t in path.replace(".", " . ").split()]
+
+
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, attr = path.rpartition(".")
+    node = model
+    for part in parent_path.split(".") if parent_path else []:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node, attr
+
+
+def _num_experts(module: nn.Module) -> int:
+    if isinstance(module, StreamingExperts):
+        return module.bank.num_experts
+    counts = {int(m.num_experts) for _, m in module.named_modules() if hasattr(m, "num_experts")}
+    if len(counts) != 1:
+        raise ValueError(f"cannot tell the number of experts of {type(module).__name__}: {counts}")
+    return counts.pop()
+
+
+def replay(
+    model: nn.Module,
+    trace: RouteTrace,
+    *,
+    phases: Iterable[int] = (GENERATION,),
+    seed: int = 0,
+    record: bool = False,
+) -> list[ReplayedExperts]:
+    """Make every MoE layer of `model` replay `trace`; returns the wrappers in layer order.
+
+    phases: which trace rows are replayed (generation rows by default: prompt rows of
+    recorded traces are incomplete). record: keep every substituted id array in `.log`.
+    """
+    sites = _switch_sites(model)
+    if not sites:
+        raise ValueError("the model has no MoE switch modules to replay into")
+    if any(isinstance(m, ReplayedExperts) for _, m in sites):
+        raise ValueError("the model already replays a trace; call restore(model) first")
+    wanted = tuple(phases)
+    wrappers = []
+    for n, (path, module) in enumerate(sites):
+        layer = n % trace.n_layer
+        calls = trace.layer_calls(layer, wanted)
+        num_experts = _num_experts(module)
+        if trace.n_expert > num_experts and any(max(c) >= num_experts for c in calls):
+            raise ValueError(f"{path}: the trace uses expert ids up to {trace.n_expert - 1}, "
+                             f"the model's layer has {num_experts} experts")  # fmt: skip
+        wrapper = ReplayedExperts(module, calls, num_experts, seed * 100_003 + n, record)
+        parent, attr = _parent(model, path)
+        setattr(parent, attr, wrapper)
+        wrappers.append(wrapper)
+    return wrappers
+
+
+def replayed(model: nn.Module) -> list[ReplayedExperts]:
+    """The replay wrappers of `model`, in layer order (empty when it does not replay)."""
+    return [m for _, m in _switch_sites(model) if isinstance(m, ReplayedExperts)]
+
+
+def rewind(model: nn.Module, step: int = 0) -> None:
+    """Restart every layer's replay at trace row `step` (e.g. before a second run)."""
+    for w in replayed(model):
+        object.__setattr__(w, "cursor", step)
+
+
+def restore(model: nn.Module) -> None:
+    """Put the original switch modules back: the router decides again."""
+    for path, m in _switch_sites(model):
+        if isinstance(m, ReplayedExperts):
+            parent, attr = _parent(model, path)
+            setattr(parent, attr, m.inner)
