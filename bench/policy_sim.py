@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
 from mlxstore.formats.route_trace import GENERATION, PROMPT, RouteTrace, load_route_trace
 from mlxstore.moe.policy import DEFAULT_POLICY, POLICIES, belady_hits, make_policy, replay_hits
 

@@ -80,6 +80,7 @@ class _SlotTable:
             s = slot_of.get(e)
             if s is None:
                 if not 0 <= e < self.num_experts:
+                    self._end_call()
                     raise ValueError(f"expert id {e} out of range [0, {self.num_experts})")
                 missing = True
                 continue
@@ -102,6 +103,7 @@ class _SlotTable:
                     self._admit(e)
                     misses.append((e, s))
                 slots[i] = s
+        self._end_call()
         return slots, misses
 
     def _evict(self, call: int) -> int:
@@ -126,6 +128,9 @@ class _SlotTable:
 
     def _pinned(self, e: int, call: int) -> bool:
         return self._last_call[e] == call
+
+    def _end_call(self) -> None:
+        pass
 
     def _hit(self, e: int) -> None:
         raise NotImplementedError
@@ -179,22 +184,31 @@ class FIFOPolicy(LRUPolicy):
 class _HeapPolicy(_SlotTable):
     """Evicts the unpinned resident with the smallest key; keys are fixed when pushed.
 
-    Stale heap entries are skipped lazily and compacted when the heap grows.
+    Stale heap entries are skipped lazily and compacted when the heap grows. Entries
+    made during a call enter the heap only when the call ends: those experts are pinned
+    until then, so victim search never has to step over them.
     """
 
     def __init__(self, num_slots: int, num_experts: int) -> None:
         super().__init__(num_slots, num_experts)
         self._heap: list[tuple[float, int, int]] = []
+        self._pending: list[tuple[float, int, int]] = []
         self._seq = 0
-        self._live: dict[int, int] = {}  # expert -> seq of its current heap entry
+        self._live: dict[int, int] = {}  # expert -> seq of its current entry
 
     def _push(self, e: int, key: float) -> None:
         self._seq += 1
         self._live[e] = self._seq
-        heapq.heappush(self._heap, (key, self._seq, e))
-        if len(self._heap) > 4 * self.num_slots + 64:
-            live = self._live
-            self._heap = [x for x in self._heap if live.get(x[2]) == x[1]]
+        self._pending.append((key, self._seq, e))
+
+    def _end_call(self) -> None:
+        heap, live = self._heap, self._live
+        for x in self._pending:
+            if live.get(x[2]) == x[1]:
+                heapq.heappush(heap, x)
+        self._pending.clear()
+        if len(heap) > 4 * self.num_slots + 64:
+            self._heap = [x for x in heap if live.get(x[2]) == x[1]]
             heapq.heapify(self._heap)
 
     def _victim(self, call: int) -> int:

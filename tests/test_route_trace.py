@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from mlxstore.formats.route_trace import (
     GENERATION,
     PROMPT,
