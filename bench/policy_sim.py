@@ -30,6 +30,11 @@ SCENARIOS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "warm": ((PROMPT, GENERATION), (GENERATION,)),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+# shared/traces/README.md: LRU per layer from empty, generation rows, at 8/16/32/64 slots.
+README_LRU = {
+    "qwen3-30b-a3b.route.csv": (0.38, 0.59, 0.80, 0.91),
+    "gpt-oss-120b.route.csv": (0.49, 0.63, 0.71, 0.72),
+}
 
 
 def default_trace_dir() -> Path:
@@ -123,6 +128,17 @@ def simulate(trace: RouteTrace, policies: Sequence[str], slots: Sequence[int]) -
     return out
 
 
+def readme_check(name: str, result: dict) -> dict | None:
+    """Our one-expert-at-a-time LRU against the trace README's figures (2 decimals)."""
+    want = README_LRU.get(name)
+    rows = result["scenarios"].get("gen", {})
+    if want is None or not all(str(s) in rows for s in SLOTS):
+        return None
+    got = [rows[str(s)]["lru_serial"] for s in SLOTS]
+    return {"readme": list(want), "ours": got,
+            "match": all(abs(g - w) <= 0.005 + 1e-9 for g, w in zip(got, want))}
+
+
 def format_table(name: str, result: dict, policies: Sequence[str]) -> str:
     lines = []
     for scen, rows in result["scenarios"].items():
@@ -163,8 +179,16 @@ def command(traces: tuple[str, ...], slots: str, policies: str, out: str) -> Non
     for path in paths:
         trace = load_route_trace(path)
         result = simulate(trace, names, slot_list)
+        check = readme_check(path.name, result)
+        if check is not None:
+            result["readme_lru_check"] = check
         report["traces"][path.name] = result
         click.echo(format_table(path.name, result, names))
+        if check is not None:
+            ours = "/".join(f"{x:.3f}" for x in check["ours"])
+            want = "/".join(f"{x:.2f}" for x in check["readme"])
+            click.echo(f"README check, LRU one expert at a time: {ours} vs README {want}: "
+                       f"{'match' if check['match'] else 'MISMATCH'}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1) + "\n")
     click.echo(f"\nwrote {out}")
