@@ -11,10 +11,16 @@ of T tokens consumes the next T steps of the trace (wrapping around at its end);
 with more experts per token than the model keeps its first k (rank order); one with fewer
 is padded with distinct ids drawn (seeded, no host sync) in proportion to how often the
 trace used each expert in that layer, so padding looks like popular experts, not noise.
+
+Timing realism: a streamed layer must read router ids to the host before it can map
+slots (one sync per layer); substituted ids are host data already, so the wrapper makes
+that sync itself on the router's ids (`sync`, default on for StreamingExperts, off for a
+resident switch, which never syncs) and times it (`sync_seconds`: compute waited for).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 import mlx.core as mx
@@ -31,10 +37,14 @@ class ReplayedExperts(nn.Module):
     """Wraps a switch module (or StreamingExperts); feeds it trace ids instead of router ids."""
 
     def __init__(self, inner: nn.Module, calls: list[tuple[int, ...]], num_experts: int,
-                 seed: int, record: bool = False):  # fmt: skip
+                 seed: int, record: bool = False, sync: bool | None = None):  # fmt: skip
         super().__init__()
         self.inner = inner
+        if sync is None:
+            sync = isinstance(inner, StreamingExperts)
         object.__setattr__(self, "num_experts", num_experts)
+        object.__setattr__(self, "sync", sync)
+        object.__setattr__(self, "sync_seconds", 0.0)
         object.__setattr__(self, "_calls", calls)
         object.__setattr__(self, "_seed", seed)
         object.__setattr__(self, "_tables", {})
@@ -56,6 +66,10 @@ class ReplayedExperts(nn.Module):
         return table[rows]
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        if self.sync:  # the host sync the streaming layer makes on real router ids
+            start = time.perf_counter()
+            mx.eval(indices)
+            object.__setattr__(self, "sync_seconds", self.sync_seconds + time.perf_counter() - start)
         k = indices.shape[-1]
         ids = self.take(indices.size // k, k)
         if self.log is not None:
@@ -118,11 +132,13 @@ def replay(
     phases: Iterable[int] = (GENERATION,),
     seed: int = 0,
     record: bool = False,
+    sync: bool | None = None,
 ) -> list[ReplayedExperts]:
     """Make every MoE layer of `model` replay `trace`; returns the wrappers in layer order.
 
     phases: which trace rows are replayed (generation rows by default: prompt rows of
     recorded traces are incomplete). record: keep every substituted id array in `.log`.
+    sync: evaluate the router's ids before substituting (default: only streamed layers).
     """
     sites = _switch_sites(model)
     if not sites:
@@ -138,7 +154,7 @@ def replay(
         if trace.n_expert > num_experts and any(max(c) >= num_experts for c in calls):
             raise ValueError(f"{path}: the trace uses expert ids up to {trace.n_expert - 1}, "
                              f"the model's layer has {num_experts} experts")  # fmt: skip
-        wrapper = ReplayedExperts(module, calls, num_experts, seed * 100_003 + n, record)
+        wrapper = ReplayedExperts(module, calls, num_experts, seed * 100_003 + n, record, sync)
         parent, attr = _parent(model, path)
         setattr(parent, attr, wrapper)
         wrappers.append(wrapper)
@@ -154,6 +170,7 @@ def rewind(model: nn.Module, step: int = 0) -> None:
     """Restart every layer's replay at trace row `step` (e.g. before a second run)."""
     for w in replayed(model):
         object.__setattr__(w, "cursor", step)
+        object.__setattr__(w, "sync_seconds", 0.0)
 
 
 def restore(model: nn.Module) -> None:

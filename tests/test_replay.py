@@ -51,8 +51,10 @@ def test_streamed_model_requests_exactly_the_trace(tiny):
     _, store = tiny
     trace = make_trace(n_layer=2, top_k=TOP_K, steps=12)
     model, _ = moe.load(store, slots_per_layer=EXPERTS)
-    replay(model, trace)
+    wrappers = replay(model, trace)
+    assert all(w.sync for w in wrappers)  # streamed layers sync on router ids, as unreplayed
     _run(model, prompt_len=3, decode=4)  # 7 tokens: the first 7 generation rows
+    assert all(w.sync_seconds > 0 for w in wrappers)
     st = moe.stats(model)
     banks = {m.bank.name: m.bank for _, m in model.named_modules() if hasattr(m, "bank")}
     for n, name in enumerate(sorted(st.layers, key=lambda p: int(p.split(".")[2]))):
@@ -83,6 +85,7 @@ def test_recorder_layer_mapping_wraparound_and_restore(tiny):
     trace = make_trace(n_layer=1, top_k=TOP_K, steps=5, prompt=0)  # both layers replay layer 0
     wrappers = replay(model, trace, record=True)
     assert len(wrappers) == 2 and replayed(model) == wrappers
+    assert not any(w.sync for w in wrappers)  # a resident switch never syncs
     _run(model, 4, 3)  # 7 tokens over a 5-row trace: wraps around
     rows = np.array(trace.generation_calls(0))
     want = rows[np.arange(7) % 5]
