@@ -11,16 +11,21 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .errors import StoreError
 from .layout import (
     DTYPE_SIZES,
     FEATURES,
     MAJOR,
+    MAX_DIM,
     MAX_ITEMS,
+    MAX_JSON_DEPTH,
     MAX_NDIM,
     MAX_TENSOR_BYTES,
     check_alignment,
     check_file_name,
+    zstd_max_output,
 )
 
 
@@ -210,7 +215,7 @@ def _tensor(name: str, raw: Any, bounds: _Bounds, counter: list[int]) -> Tensor:
         raise StoreError(f"index: {where} has {len(shape_raw)} dimensions (limit {MAX_NDIM})")
     nbytes = DTYPE_SIZES[dtype]
     for dim in shape_raw:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < MAX_DIM:
             raise StoreError(f"index: {where} has a bad dimension {dim!r} in its shape")
         nbytes *= dim
         if nbytes >= MAX_TENSOR_BYTES:
@@ -237,6 +242,9 @@ def _tensor(name: str, raw: Any, bounds: _Bounds, counter: list[int]) -> Tensor:
             raise StoreError(f"index: {where} is an expert tensor and cannot be compressed")
         if len(pieces) != 1:
             raise StoreError(f"index: {where} is zstd-encoded and must have exactly one piece")
+        if nbytes > zstd_max_output(pieces[0].length):
+            raise StoreError(f"index: {where} claims {nbytes} bytes, more than a zstd frame of "
+                             f"{pieces[0].length} bytes can hold")  # fmt: skip
     else:
         raise StoreError(f"index: {where} has unknown encoding {encoding!r}")
     return Tensor(name, dtype, shape, encoding, pieces, group)
@@ -273,6 +281,11 @@ def _group(prefix: str, raw: Any, tensors: dict[str, Tensor], bounds: _Bounds) -
         members.append(name)
     if len(set(members)) != len(members):
         raise StoreError(f"index: {where} lists a tensor twice")
+    for name in members:
+        t = tensors[name]
+        row = t.nbytes // num
+        if any(p.length != row for p in t.pieces):  # readers size each expert's slice by the shape
+            raise StoreError(f"index: {where} tensor {name!r} has an expert piece that is not {row} bytes")
     for e, x in enumerate(extents):
         cursor = x.offset
         for name in members:
@@ -280,6 +293,8 @@ def _group(prefix: str, raw: Any, tensors: dict[str, Tensor], bounds: _Bounds) -
             if p.shard != x.shard or p.offset < cursor or p.offset + p.length > x.offset + x.length:
                 raise StoreError(f"index: {where} expert {e}: {name!r} lies outside its extent")
             cursor = p.offset + p.length
+        if members and (tensors[members[0]].pieces[e].offset != x.offset or cursor != x.offset + x.length):
+            raise StoreError(f"index: {where} extent {e} is not the span of its parts")
     return ExpertGroup(prefix, num, tuple(members), tuple(extents))
 
 
@@ -292,8 +307,34 @@ def _check_no_overlap(index: Index) -> None:
             raise StoreError(f"index: data of {n0!r} and {n1!r} overlap in shard {s0}")
 
 
-def parse_index(text: bytes, alignment: int, data_ends: list[int], minor: int = 0) -> Index:
-    """Parse and validate index bytes; `data_ends[i]` is where shard i's data must end."""
+_DROP = bytes(c for c in range(256) if c not in b'"[]{}')
+
+
+def _nesting_ok(text: bytes, limit: int) -> bool:
+    """Whether arrays and objects nest at most `limit` deep, found without recursion.
+
+    Why: Python's JSON parser recurses in C once per level; with a raised recursion limit,
+    deep input overflows the C stack (SIGSEGV) instead of raising RecursionError. Escaped
+    backslashes and quotes go first, so every quote left opens or closes a string.
+    """
+    kept = text.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _DROP)
+    depth, quotes, chunk = 0, 0, 1 << 18
+    for start in range(0, len(kept), chunk):
+        part = np.frombuffer(kept, np.uint8, min(chunk, len(kept) - start), start)
+        seen = np.cumsum(part == 0x22, dtype=np.int32) + quotes
+        step = ((part == 0x5B) | (part == 0x7B)).astype(np.int8) - ((part == 0x5D) | (part == 0x7D))
+        step[(seen & 1) == 1] = 0  # inside a string
+        levels = np.cumsum(step, dtype=np.int32) + depth
+        if levels.max() > limit:
+            return False
+        depth, quotes = int(levels[-1]), int(seen[-1]) & 1
+    return True
+
+
+def decode(text: bytes) -> dict:
+    """Index bytes as a JSON object: strict UTF-8 and JSON, no duplicate keys, no NaN."""
+    if not _nesting_ok(text, MAX_JSON_DEPTH):
+        raise StoreError(f"index: nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         obj = json.loads(
             text.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
@@ -302,19 +343,31 @@ def parse_index(text: bytes, alignment: int, data_ends: list[int], minor: int = 
         raise StoreError("index: not valid UTF-8") from None
     except RecursionError:
         raise StoreError("index: nested too deeply") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, and integers beyond Python's digit limit
         raise StoreError(f"index: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise StoreError("index: not a JSON object")
+    return obj
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_index(text: bytes, alignment: int, data_ends: list[int], minor: int = 0) -> Index:
+    """Parse and validate index bytes; `data_ends[i]` is where shard i's data must end."""
+    obj = decode(text)
     if obj.get("format") != "mlxstore":
         raise StoreError(f"index: format is {obj.get('format')!r}, expected 'mlxstore'")
     version = _get(obj, "version", list, "index")
-    if len(version) != 2 or version[0] != MAJOR or version[1] != minor:
+    if len(version) != 2 or not all(map(_is_int, version)) or version != [MAJOR, minor]:
         raise StoreError(f"index: version {version!r} does not match the preamble's {MAJOR}.{minor}")
     if _get(obj, "alignment", int, "index") != alignment:
         raise StoreError("index: alignment does not match the preamble's")
     check_alignment(alignment)
     features = _get(obj, "required_features", list, "index")
+    if not all(isinstance(f, str) for f in features):
+        raise StoreError("index: required_features must be a list of strings")
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise StoreError(
@@ -361,8 +414,9 @@ def parse_index(text: bytes, alignment: int, data_ends: list[int], minor: int = 
             t.expert_group not in groups or name not in groups[t.expert_group].tensors
         ):
             raise StoreError(f"index: tensor {name!r} names expert group {t.expert_group!r} that does not list it")
-    if any("zstd" not in features for t in tensors.values() if t.encoding == "zstd"):
-        raise StoreError("index: a tensor is zstd-encoded but 'zstd' is not a required feature")
+    compressed = next((n for n, t in tensors.items() if t.encoding == "zstd"), None)
+    if compressed is not None and "zstd" not in features:
+        raise StoreError(f"index: tensor {compressed!r} is zstd-encoded but 'zstd' is not a required feature")
     index = Index(alignment, shards, tensors, groups, files, config, quant, metadata, features, minor)
     _check_no_overlap(index)
     return index

@@ -22,6 +22,8 @@ MAX_INDEX_BYTES = 256 << 20
 MAX_ITEMS = 1 << 24
 MAX_SHARDS = 65535
 MAX_NDIM = 64
+MAX_DIM = 1 << 31  # MLX stores each dimension as an int32
+MAX_JSON_DEPTH = 64  # arrays and objects in the index nest at most this deep
 MAX_TENSOR_BYTES = 1 << 62
 PRIMARY_NAME = "model.mlxs"
 FEATURES = frozenset({"zstd"})
@@ -50,9 +52,15 @@ def shard_name(shard: int) -> str:
 
 def check_file_name(name: object, what: str) -> str:
     """A file name from an index: a plain name inside the store's directory, nothing else."""
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise StoreError(f"{what}: {name!r} is not a plain file name inside the store")
     return name
+
+
+def zstd_max_output(frame_bytes: int) -> int:
+    """The most a zstd frame of this size can decompress to: every block of at most 128 KiB
+    of output costs at least 3 bytes of block header. Claims above this are lies."""
+    return (frame_bytes // 3 + 1) << 17
 
 
 def align_up(value: int, alignment: int) -> int:

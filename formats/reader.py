@@ -7,14 +7,22 @@ checks its length, so a file that shrank after open raises instead of returning 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import zstandard
 
 from .errors import ChecksumError, StoreError
-from .index import Extent, Index, Piece, Tensor, parse_index
-from .layout import MAX_INDEX_BYTES, PREAMBLE_SIZE, PRIMARY_NAME, parse_preamble, xxh3
+from .index import Extent, Index, Piece, Tensor, decode, parse_index
+from .layout import (
+    MAX_INDEX_BYTES,
+    PREAMBLE_SIZE,
+    PRIMARY_NAME,
+    check_file_name,
+    parse_preamble,
+    xxh3,
+)
 
 
 def resolve_primary(path: str | os.PathLike) -> Path:
@@ -70,13 +78,24 @@ class StoreReader:
 
     def _open_file(self, path: Path, shard: int):
         what = f"{path}"
+        # Only regular files: opening a FIFO would block, and a device or directory is no store.
+        # O_NONBLOCK keeps the open itself from blocking if the file is swapped meanwhile.
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise StoreError(f"{what}: not a regular file")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             raise StoreError(f"{what}: cannot open store file: {e.strerror}") from None
         self.fds.append(fd)
-        size = os.fstat(fd).st_size
-        pre = parse_preamble(os.pread(fd, PREAMBLE_SIZE, 0), what)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{what}: not a regular file")
+        size = info.st_size
+        try:
+            head = os.pread(fd, PREAMBLE_SIZE, 0)
+        except OSError as e:
+            raise StoreError(f"{what}: cannot read the preamble: {e.strerror}") from None
+        pre = parse_preamble(head, what)
         if pre.file_size != size:
             raise StoreError(f"{what}: file is {size} bytes, its header says {pre.file_size} (truncated or extended)")
         if pre.shard != shard:
@@ -127,6 +146,7 @@ class StoreReader:
         """The tensor's raw bytes, decompressed if stored with zstd."""
         parts = [self.read_piece(p, _piece_name(tensor, i), check) for i, p in enumerate(tensor.pieces)]
         if tensor.encoding == "zstd":
+            check_zstd_frame(parts[0], tensor)
             try:
                 data = zstandard.ZstdDecompressor().decompress(parts[0], max_output_size=tensor.nbytes)
             except zstandard.ZstdError as e:
@@ -194,18 +214,22 @@ def _piece_name(tensor: Tensor, i: int) -> str:
     return f"tensor {tensor.name!r}"
 
 
+def check_zstd_frame(frame: bytes, tensor: Tensor) -> None:
+    """Before allocating for a zstd tensor: its frame must state the tensor's exact size."""
+    try:
+        size = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise StoreError(f"tensor {tensor.name!r}: not a zstd frame: {e}") from None
+    if size != tensor.nbytes:
+        said = "no size" if size < 0 else f"{size} bytes"
+        raise StoreError(f"tensor {tensor.name!r}: zstd frame declares {said}, the tensor is {tensor.nbytes} bytes")
+
+
 def _shard_names_hint(text: bytes, count: int) -> list[str] | None:
     """Shard file names, needed before the full parse to check shard headers first."""
-    import json
-
-    from .layout import check_file_name
-
     if count == 1:
         return [PRIMARY_NAME]
-    try:
-        shards = json.loads(text.decode("utf-8")).get("shards")
-    except (ValueError, AttributeError, RecursionError):
-        raise StoreError("index: not valid JSON") from None
+    shards = decode(text).get("shards")
     if not isinstance(shards, list) or len(shards) != count:
         raise StoreError(f"index: shards is not a list of {count} entries")
     names = []
