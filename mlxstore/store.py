@@ -182,7 +182,7 @@ class Store:
             raise KeyError(f"store has no expert group {prefix!r}")
         tensors = [self.tensor(n) for n in group.tensors]
         bufs = [buffers.alloc_bytes(t.nbytes) for t in tensors]
-        per = [t.nbytes // group.num_experts for t in tensors]
+        per = [t.nbytes // max(group.num_experts, 1) for t in tensors]
         for e, ext in enumerate(group.extents):
             scatter, cursor, parts = [], ext.offset, []
             for t, (_, view), size in zip(tensors, bufs, per):

@@ -9,13 +9,13 @@ import threading
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlxstore.formats import ChecksumError, StoreError
-from mlxstore.formats.layout import DTYPE_SIZES
 from store_cases import NP_DTYPES, SHAPES, flip_byte, raw_bytes, sample, write_store
 
 import mlxstore
 from mlxstore import buffers
 from mlxstore.buffers import MX_DTYPES
+from mlxstore.formats import ChecksumError, StoreError
+from mlxstore.formats.layout import DTYPE_SIZES
 
 DTYPES = sorted(DTYPE_SIZES)
 
@@ -324,3 +324,15 @@ def test_concurrent_reads(experts):
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_expert_group_with_an_empty_member(tmp_path):
+    empty, ones = np.zeros((3, 0), np.float32), np.ones((3, 2), np.int8)
+    path = write_store(tmp_path / "e", groups={"g": [("g.a", "float32", empty), ("g.b", "int8", ones)]})
+    with mlxstore.open(path) as store:
+        together = store.group_arrays("g", check=True)
+        for name, src in (("g.a", empty), ("g.b", ones)):
+            assert raw_bytes(together[name]) == raw_bytes(src)
+            assert tuple(store.array(name, check=True).shape) == src.shape
+        with pytest.raises(KeyError, match="no expert group"):
+            store.group_arrays("nope")
