@@ -49,7 +49,9 @@ class LazyTensors(Mapping[str, mx.array]):
         self.close()
 
     def __repr__(self) -> str:
-        return f"<mlxstore.LazyTensors {len(self)} tensors, {len(self.residency.resident)} resident>"
+        return (
+            f"<mlxstore.LazyTensors {len(self)} tensors, {len(self.residency.resident)} resident>"
+        )
 
 
 def load(

@@ -51,7 +51,9 @@ class Store:
         wrap = buffers.can_wrap()
         if zero_copy and not wrap:
             self._reader.close()
-            raise StoreError("zero_copy=True: this MLX backend cannot wrap memory without a copy (CPU)")
+            raise StoreError(
+                "zero_copy=True: this MLX backend cannot wrap memory without a copy (CPU)"
+            )
         self.zero_copy: bool = wrap if zero_copy is None else zero_copy
 
     # ------------------------------------------------------------ metadata
@@ -198,7 +200,9 @@ class Store:
             if check:
                 for part, p, what in parts:
                     _verify(part, p, what)
-        return {t.name: buffers.as_tensor(raw, t.dtype, t.shape) for t, (raw, _) in zip(tensors, bufs)}
+        return {
+            t.name: buffers.as_tensor(raw, t.dtype, t.shape) for t, (raw, _) in zip(tensors, bufs)
+        }
 
     def _wrap(self, t: Tensor, check: bool) -> mx.array | None:
         p = t.pieces[0]
@@ -226,7 +230,9 @@ class Store:
             raise StoreError(f"tensor {t.name!r}: cannot decompress: {e}") from None
         if done != t.nbytes or extra:
             size = f"more than {t.nbytes}" if extra else str(done)
-            raise StoreError(f"tensor {t.name!r}: decompressed to {size} bytes, expected {t.nbytes}")
+            raise StoreError(
+                f"tensor {t.name!r}: decompressed to {size} bytes, expected {t.nbytes}"
+            )
         return buffers.as_tensor(raw, t.dtype, t.shape)
 
     # ------------------------------------------------------------ lifetime
