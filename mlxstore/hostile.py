@@ -31,16 +31,20 @@ _MARK = "\x00mlxstore-raw\x00"  # a string no index holds: replaced by raw JSON 
 _DUP = "\x00mlxstore-dup\x00"  # a key no index holds: renamed to duplicate another key
 
 
-@dataclass(frozen=True)
 class Case:
-    """The files of a store directory, and what its error must mention (any one of `expect`)."""
+    """The files of a store directory, and what its error must mention (any one of `expect`).
 
-    kind: str
-    files: dict[str, bytes | str]
-    expect: tuple[str, ...]
-    open_file: bool = False  # open by the primary file's path instead of the directory
+    A plain class, not a dataclass: hypothesis prints failing cases field by field, and
+    the files are tens of kilobytes; `repr` shows their sizes instead.
+    """
 
-    def __repr__(self) -> str:  # hypothesis prints failing cases: sizes, not bytes
+    def __init__(self, kind: str, files: dict[str, bytes | str], expect: tuple[str, ...], open_file: bool = False):
+        self.kind = kind
+        self.files = files
+        self.expect = expect
+        self.open_file = open_file  # open by the primary file's path instead of the directory
+
+    def __repr__(self) -> str:
         sizes = {n: (v if isinstance(v, str) else len(v)) for n, v in self.files.items()}
         return f"Case({self.kind!r}, expect={self.expect!r}, files={sizes}, open_file={self.open_file})"
 
@@ -213,15 +217,16 @@ def _paths(idx: dict) -> list[tuple[tuple, tuple[str, ...], str]]:
     for n in idx["files"]:
         piece(("files", n), (n,))
     for n, t in idx["tensors"].items():
-        add(("tensors", n), (n,), "dict")
+        names = (n, t["expert_group"]) if "expert_group" in t else (n,)  # a group check may catch it
+        add(("tensors", n), names, "dict")
         for key, kind in (("dtype", "str"), ("shape", "list"), ("encoding", "str"), ("pieces", "list")):
-            add(("tensors", n, key), (n,), kind)
+            add(("tensors", n, key), names, kind)
         if "expert_group" in t:
-            add(("tensors", n, "expert_group"), (n,), "str")
+            add(("tensors", n, "expert_group"), names, "str")
         for j in range(len(t["shape"])):
-            add(("tensors", n, "shape", j), (n,), "int")
+            add(("tensors", n, "shape", j), names, "int")
         for k in range(len(t["pieces"])):
-            piece(("tensors", n, "pieces", k), (n,))
+            piece(("tensors", n, "pieces", k), names)
     for p, g in idx["expert_groups"].items():
         add(("expert_groups", p), (p,), "dict")
         add(("expert_groups", p, "num_experts"), (p,), "int")
