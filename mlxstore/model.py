@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from mlx_lm.utils import _decode_tagged_floats, _get_classes, load_tokenizer
 from .formats import StoreError
 from .store import Store
 from .store import open as open_store
+
+READ_THREADS = 4  # parallel tensor reads: one reader leaves a cold disk mostly idle
 
 
 def model_config(store: Store) -> dict:
@@ -70,7 +73,10 @@ def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | No
 
 def load_weights(model: nn.Module, store: Store, names: Iterable[str], *, check: bool = False) -> None:
     """Materialize `names` from the store into the model (strictly: every name must exist)."""
-    weights = [(name, store.array(name, check=check)) for name in names]
+    names = list(names)
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:  # preadv releases the GIL
+        arrays = list(pool.map(lambda n: store.array(n, check=check), names))
+    weights = list(zip(names, arrays))
     model.load_weights(weights, strict=False)
     mx.eval([w for _, w in weights])
 
