@@ -194,6 +194,7 @@ def summarize(outcomes: list[Outcome]) -> dict:
         "kinds": {k: dict(v) for k, v in sorted(by_kind.items())},
         "seconds_median": seconds[len(seconds) // 2],
         "seconds_max": seconds[-1],
+        "slowest": [(o.kind, round(o.seconds, 4)) for o in sorted(outcomes, key=lambda o: -o.seconds)[:5]],
         "python_peak_max": max((o.python_peak for o in outcomes), default=0),
         "mlx_peak_max": max((o.mlx_peak for o in outcomes), default=0),
         "failures": [o.__dict__ for o in outcomes if o.result != GOOD][:20],
