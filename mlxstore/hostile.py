@@ -108,6 +108,14 @@ def _write_base(dst: Path, name: str) -> None:
     w.finish()
 
 
+def base_of(path: str | Path, name: str = "store") -> Base:
+    """Any store directory as a Base, to damage or rewrite like the built-in ones."""
+    files = {p.name: p.read_bytes() for p in sorted(Path(path).iterdir()) if p.name.endswith(".mlxs")}
+    primary = files["model.mlxs"]
+    pre = parse_preamble(primary[:PREAMBLE_SIZE], name)
+    return Base(name, files, pre, json.loads(primary[pre.index_offset :]))
+
+
 @functools.cache
 def bases() -> tuple[Base, ...]:
     """The valid stores every case starts from (built once per process)."""
@@ -115,11 +123,7 @@ def bases() -> tuple[Base, ...]:
     with tempfile.TemporaryDirectory(prefix="mlxstore-hostile-") as tmp:
         for name in ("dense", "experts", "sharded"):
             _write_base(Path(tmp) / name, name)
-            files = {p.name: p.read_bytes() for p in sorted((Path(tmp) / name).iterdir())}
-            primary = files["model.mlxs"]
-            pre = parse_preamble(primary[:PREAMBLE_SIZE], name)
-            index = json.loads(primary[pre.index_offset :])
-            out.append(Base(name, files, pre, index))
+            out.append(base_of(Path(tmp) / name, name))
     return tuple(out)
 
 

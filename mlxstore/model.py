@@ -59,8 +59,14 @@ def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module
 
 
 def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | None = None) -> TokenizerWrapper:
-    """mlx-lm's tokenizer from the files embedded in the store."""
-    names = list(store.files)
+    """mlx-lm's tokenizer from the files embedded in the store.
+
+    A store is data: its Python files are not extracted and transformers is told not to
+    trust remote code (it would otherwise offer to run a store's `auto_map` code on a y/N
+    prompt), unless the caller passes tokenizer_config={"trust_remote_code": True}.
+    """
+    options = {"trust_remote_code": False, **(tokenizer_config or {})}
+    names = [n for n in store.files if options["trust_remote_code"] or not n.endswith(".py")]
     if not any(n.startswith("tokenizer") for n in names):
         raise StoreError(f"{store.path}: store embeds no tokenizer files")
     with tempfile.TemporaryDirectory(prefix="mlxstore-tok-") as tmp:
@@ -68,7 +74,10 @@ def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | No
             Path(tmp, name).write_bytes(store.read_file(name))
         if "config.json" not in names:
             Path(tmp, "config.json").write_text(json.dumps(store.config))
-        return load_tokenizer(Path(tmp), tokenizer_config, eos_token_ids=config.get("eos_token_id"))
+        try:
+            return load_tokenizer(Path(tmp), options, eos_token_ids=config.get("eos_token_id"))
+        except (ValueError, OSError, KeyError, TypeError, ImportError) as e:  # transformers' refusals
+            raise StoreError(f"{store.path}: cannot load the embedded tokenizer: {type(e).__name__}: {e}") from None
 
 
 def load_weights(model: nn.Module, store: Store, names: Iterable[str], *, check: bool = False) -> None:
