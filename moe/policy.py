@@ -438,8 +438,8 @@ def belady_hits(
     Every expert of the current call must be resident at once, so victims are chosen
     only among residents not needed by the current call. With ``counted``, only hits in
     calls marked True count (e.g. generation after a prompt warm-up); uncounted calls
-    still occupy the cache, and next uses are then measured over counted calls only,
-    which keeps the rule optimal (misses in uncounted calls are free). Offline,
+    still occupy the cache, and next uses are then measured over counted calls only
+    (a heuristic there: it is optimal only when every call counts, as tests show). Offline,
     O(calls * k * S).
     """
     calls = [list(dict.fromkeys(c)) for c in accesses]

@@ -168,9 +168,15 @@ calls_strategy = st.integers(1, 3).flatmap(
 @given(calls_strategy, st.randoms(use_true_random=False))
 def test_belady_is_optimal_and_bounds_policies(case, rnd: random.Random) -> None:
     slots, calls = case
+    opt = brute_force_optimum(calls, slots, None)
+    assert belady_hits(calls, slots, None) == opt  # every call counted: Belady is optimal
+    for name in NAMES:
+        assert replay_hits(make_policy(name, slots, 6), calls, None) <= opt
+    # With only some calls counted (warm-up), farthest-next-use is a heuristic: hypothesis
+    # found cases it loses (e.g. 2 vs 3 hits), so it is only checked to stay feasible.
     counted = [rnd.random() < 0.7 for _ in calls]
     opt = brute_force_optimum(calls, slots, counted)
-    assert belady_hits(calls, slots, counted) == opt
+    assert belady_hits(calls, slots, counted) <= opt
     for name in NAMES:
         assert replay_hits(make_policy(name, slots, 6), calls, counted) <= opt
 
