@@ -197,7 +197,9 @@ def pack(
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
                    desc=f"pack {source.label}")  # fmt: skip
         with bar:
-            for prefix, idx in items:
+            for k, (prefix, idx) in enumerate(items):
+                if k + 1 < len(items):  # read the next item from the source while this one is written
+                    mx.async_eval([params[i][1] for i in items[k + 1][1]])
                 names = [params[i][0] for i in idx]
                 arrays = [params[i][1] for i in idx]
                 for i in idx:
