@@ -1,0 +1,35 @@
+"""`python -m bench all` end to end at toy scale: every target measured, JSON and PNG written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.all import run_all
+from bench.policy_sim import default_trace_dir
+from bench.targets import TARGETS
+
+TRACE = default_trace_dir() / "qwen3-30b-a3b.route.csv"
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="shared routing traces not present")
+def test_toy_run_writes_every_target(tmp_path):
+    results = run_all("toy", tmp_path / "out", tmp_path / "work", TRACE, echo=lambda m: None)
+    saved = json.loads((tmp_path / "out" / "latest.json").read_text())
+    assert set(TARGETS) <= set(saved)
+    assert not saved["details"].get("errors"), saved["details"].get("errors")
+    for tid in TARGETS:
+        entry = saved[tid]
+        assert {"value", "target", "met"} <= set(entry)
+        assert entry["value"] is not None, (tid, entry)
+    for tid in ("P1", "P2", "P3", "P4", "P5", "P6", "P7"):
+        assert isinstance(saved[tid]["value"], float) and saved[tid]["met"] in (True, False)
+    d = saved["details"]
+    assert d["P3"]["missed_expert_bytes"] > 0  # the miss-heavy run did miss
+    assert d["P2"]["raw"]["bytes"] == d["P2"]["bytes_read"]  # raw replay read the same bytes
+    assert d["P4"]["plan"]["slots_per_layer"] >= 8
+    assert len(d["prefetch_table"]["rows"]) == 6
+    assert all(r.get("tok_per_s") for r in d["prefetch_table"]["rows"].values())
+    assert [p["slots_per_layer"] for p in d["budget_curve"]["points"]] == [8, 128]
+    assert results["png"] and (tmp_path / "out" / "latest-budget.png").stat().st_size > 0
