@@ -310,7 +310,7 @@ def _check_no_overlap(index: Index) -> None:
 _DROP = bytes(c for c in range(256) if c not in b'"[]{}')
 
 
-def _nesting_ok(text: bytes, limit: int) -> bool:
+def nesting_ok(text: bytes, limit: int) -> bool:
     """Whether arrays and objects nest at most `limit` deep, found without recursion.
 
     Why: Python's JSON parser recurses in C once per level; with a raised recursion limit,
@@ -333,7 +333,7 @@ def _nesting_ok(text: bytes, limit: int) -> bool:
 
 def decode(text: bytes) -> dict:
     """Index bytes as a JSON object: strict UTF-8 and JSON, no duplicate keys, no NaN."""
-    if not _nesting_ok(text, MAX_JSON_DEPTH):
+    if not nesting_ok(text, MAX_JSON_DEPTH):
         raise StoreError(f"index: nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         obj = json.loads(

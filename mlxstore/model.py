@@ -21,6 +21,8 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _decode_tagged_floats, _get_classes, load_tokenizer
 
 from .formats import StoreError
+from .formats.index import nesting_ok
+from .formats.layout import MAX_JSON_DEPTH
 from .store import Store
 from .store import open as open_store
 
@@ -71,12 +73,15 @@ def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | No
         raise StoreError(f"{store.path}: store embeds no tokenizer files")
     with tempfile.TemporaryDirectory(prefix="mlxstore-tok-") as tmp:
         for name in names:
-            Path(tmp, name).write_bytes(store.read_file(name))
+            data = store.read_file(name)
+            if name.endswith(".json") and not nesting_ok(data, MAX_JSON_DEPTH):  # json.load recurses in C
+                raise StoreError(f"{store.path}: embedded file {name!r} nests deeper than {MAX_JSON_DEPTH} levels")
+            Path(tmp, name).write_bytes(data)
         if "config.json" not in names:
             Path(tmp, "config.json").write_text(json.dumps(store.config))
         try:
             return load_tokenizer(Path(tmp), options, eos_token_ids=config.get("eos_token_id"))
-        except (ValueError, OSError, KeyError, TypeError, ImportError) as e:  # transformers' refusals
+        except (ValueError, OSError, KeyError, TypeError, ImportError, RecursionError) as e:  # transformers' refusals
             raise StoreError(f"{store.path}: cannot load the embedded tokenizer: {type(e).__name__}: {e}") from None
 
 

@@ -153,3 +153,23 @@ def test_open_of_valid_store_is_bounded_by_its_size(tmp_path):
         tracemalloc.stop()
     assert peak < 64 * base.preamble.index_length + (256 << 10)
     assert base.preamble.index_length < len(base.files["model.mlxs"]) - PREAMBLE_SIZE
+
+
+def test_deep_embedded_json_is_refused_before_mlx_lm_parses_it(tmp_path):
+    """mlx-lm and transformers json.load the tokenizer files: a deep one is refused first
+    (StoreError, also with a raised recursion limit that would let json.load crash)."""
+    from mlxstore.pack import pack
+    from mlxstore.synth import make_model_dir
+
+    src = make_model_dir("llama", tmp_path / "src")
+    (src / "tokenizer_config.json").write_text('{"a":' * 300_000 + "0" + "}" * 300_000)
+    store = pack(src, tmp_path / "store", progress=False)
+    code = (
+        "import sys; sys.setrecursionlimit(10**7)\n"
+        "import mlxstore\n"
+        f"try:\n    mlxstore.load_model({str(store)!r})\n"
+        "except mlxstore.StoreError as e:\n    print('refused:', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "'tokenizer_config.json' nests deeper than 64 levels" in r.stdout, r.stdout
