@@ -95,8 +95,13 @@ def op_load(s: Session, engine: str, path: str, slots: int | None = None,
             budget: int | None = None, cap: int | None = None, slack: int = 160 << 20,
             prefetch: str | None = None, page_cache: str | None = None, io_threads: int | None = None,
             max_context: int = 1024, trace: str | None = None, phases: str = "gen",
-            seed: int = 0, preload_all: bool = False, record: bool = False) -> dict:  # fmt: skip
-    """Load `path` with mlx-lm (resident) or mlxstore (streamed), then replay `trace`."""
+            seed: int = 0, preload_all: bool = False, record: bool = False,
+            variant: str | None = None) -> dict:  # fmt: skip
+    """Load `path` with mlx-lm (resident) or mlxstore (streamed), then replay `trace`.
+
+    variant "overlap": swap in bench/proposals/overlap.py's streaming module (measuring a
+    proposed change to moe/ without editing it).
+    """
     import mlx.core as mx
     import mlx_lm
 
@@ -120,6 +125,10 @@ def op_load(s: Session, engine: str, path: str, slots: int | None = None,
         out["plan"] = None if plan is None else {**plan.__dict__, "total_bytes": plan.total_bytes,
                                                  "bank_bytes": plan.bank_bytes}  # fmt: skip
         s.store = path
+        if variant == "overlap":
+            from bench.proposals.overlap import use_overlap
+
+            out["variant_layers"] = use_overlap(model)
         if preload_all:
             t1 = time.perf_counter()
             out["preload_bytes"] = preload(model)
