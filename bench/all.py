@@ -26,6 +26,7 @@ from bench.targets import TARGETS, verdict
 
 BENCH = Path(__file__).resolve().parent
 STAGES = ("p7", "p6", "p1", "p23", "p48", "p5", "table", "curve")
+OPTIONAL = ("proposals",)  # run only when named in --only
 
 
 def machine() -> dict:
@@ -58,12 +59,13 @@ def run_all(scale_name: str, out: Path, work: Path, trace: Path, stages: tuple[s
     from bench.io_targets import p2_p3
     from bench.policy_target import p6
     from bench.prompt_target import p5
+    from bench.proposal_stage import proposals
     from bench.sweeps import budget_curve, prefetch_table
 
     scale = SCALES[scale_name]
     work.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(scale, work / "src", work / "model.store", trace, work)
-    results: dict = {tid: verdict(tid, None, "not measured") for tid in TARGETS}
+    results: dict = {tid: {**verdict(tid, None, "not measured"), "met": None} for tid in TARGETS}
     details: dict = {"stage_seconds": {}}
     results.update(details=details, scale=scale.as_dict(), machine=machine(), trace=str(trace),
                    command=" ".join(["python -m bench all", *sys.argv[2:]]))  # fmt: skip
@@ -109,15 +111,35 @@ def run_all(scale_name: str, out: Path, work: Path, trace: Path, stages: tuple[s
     def do_curve() -> None:
         details["budget_curve"] = budget_curve(ctx)
 
+    def do_proposals() -> None:
+        details["proposals"] = proposals(ctx)
+
     if not ctx.store.exists() and "p7" not in stages:
         stages = ("p7", *stages)
     for name, fn in (("p7", do_p7), ("p6", do_p6), ("p1", do_p1), ("p23", do_p23),
-                     ("p48", do_p48), ("p5", do_p5), ("table", do_table), ("curve", do_curve)):  # fmt: skip
+                     ("p48", do_p48), ("p5", do_p5), ("table", do_table), ("curve", do_curve),
+                     ("proposals", do_proposals)):  # fmt: skip
         stage(name, fn)
     png = plot(results, out / "latest-budget.png")
     results["png"] = str(png) if png else None
     _write(out, results)
+    (out / "latest.md").write_text(markdown(results))
     return results
+
+
+def markdown(results: dict) -> str:
+    """The report as a markdown page: command, machine, and the tables."""
+    m = results.get("machine", {})
+    sc = results.get("scale", {})
+    return (f"# mlxstore benchmark ({sc.get('name')} scale)\n\n"
+            f"`{results.get('command')}` on {m.get('platform')}, {m.get('cpus')} CPUs, "
+            f"{(m.get('mem_bytes') or 0) / 2**30:.0f} GiB, mlx {m.get('mlx')} ({m.get('device')}), "
+            f"mlx-lm {m.get('mlx_lm')}, git {m.get('git')}, {m.get('date')}.\n"
+            f"Model: random-weight qwen3_moe, {sc.get('layers')} layers, {sc.get('experts')} experts "
+            f"top-{sc.get('top_k')}, hidden {sc.get('hidden')}, expert intermediate "
+            f"{sc.get('moe_intermediate')}, vocab {sc.get('vocab')}, 4-bit g64, "
+            f"{sc.get('scale_dtype')} scales; routing replayed from "
+            f"{Path(results.get('trace', '')).name}.\n\n```\n{full_report(results)}\n```\n")
 
 
 @click.command("all")
@@ -131,19 +153,19 @@ def run_all(scale_name: str, out: Path, work: Path, trace: Path, stages: tuple[s
 @click.option("--trace", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Routing trace to replay (default: shared/traces/qwen3-30b-a3b.route.csv).")
 @click.option("--only", default=",".join(STAGES), show_default=True,
-              help="Comma-separated stages to run.")
+              help=f"Comma-separated stages to run (also: {', '.join(OPTIONAL)}).")
 def command(quick: bool, scale_name: str | None, out: str, work: str | None, trace: str | None,
             only: str) -> None:  # fmt: skip
     """Measure P1-P8 side by side; write latest.json, a table and a PNG."""
     name = scale_name or ("quick" if quick else "full")
     stages = tuple(s for s in only.split(",") if s)
-    unknown = set(stages) - set(STAGES)
+    unknown = set(stages) - set(STAGES) - set(OPTIONAL)
     if unknown:
-        raise click.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+        raise click.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES + OPTIONAL}")
     trace_path = Path(trace) if trace else default_trace_dir() / "qwen3-30b-a3b.route.csv"
     t0 = time.perf_counter()
     results = run_all(name, Path(out), Path(work) if work else BENCH / "work" / name, trace_path,
                       stages, echo=lambda m: click.echo(m, err=True))  # fmt: skip
     click.echo(full_report(results))
-    click.echo(f"\n{name} scale, {time.perf_counter() - t0:.0f} s; wrote {Path(out) / 'latest.json'}"
+    click.echo(f"\n{name} scale, {time.perf_counter() - t0:.0f} s; wrote {Path(out) / 'latest.json'}, latest.md"
                + (f" and {results['png']}" if results.get("png") else ""))

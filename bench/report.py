@@ -51,6 +51,16 @@ def full_report(results: dict) -> str:
         prof["p2-miss-heavy"] = d["P2"]["profile"]
     if prof:
         parts.append(sweep_table(prof, "per-token profile"))
+        parts.append("profile columns, seconds per token: router_sync = waiting at the per-layer "
+                     "host sync on router ids (the compute of everything before it), expert_reads "
+                     "= waiting for miss reads (moe.stats wait_seconds), rest = graph building, "
+                     "head and the last layer's compute")
+    prop = d.get("proposals")
+    if prop:
+        parts.append(sweep_table(prop["profile"], "proposals (overlap)"))
+        parts.append("P4-like (tok/s / resident): shipped {} / overlap {};  P5-like: shipped {} / "
+                     "overlap {}".format(*(_fmt(prop.get(k)) for k in ("p4_like_shipped", "p4_like_overlap",
+                                                                     "p5_like_shipped", "p5_like_overlap"))))
     return "\n\n".join(parts)
 
 

@@ -27,6 +27,8 @@ class Scale:
     prompt: int = 16  # prompt tokens before every decode measurement
     warmup: int = 4  # decode tokens run before measuring (stats and times discarded)
     tokens: int = 16  # decode tokens measured per side (lockstep rounds)
+    sweep_warmup: int = 2  # the same for the prefetch table and the budget curve
+    sweep_tokens: int = 12
     p5_prompt: int = 512  # P5's prompt length
     p5_resident_prompt: int = 32  # backend batching reference (resident, batched vs single)
     curve_slots: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -50,13 +52,14 @@ class Scale:
 SCALES = {
     # Qwen3-30B-A3B: 48 layers, its vocabulary; ~19 GB with float32 scales. Resident and
     # streamed copies do not both fit in 24 GB, so sides run one after the other.
-    "full": Scale("full", layers=48, vocab=151936, tokens=8, warmup=2, prompt=8,
-                  lockstep=False, table_copies=False),
+    "full": Scale("full", layers=48, vocab=151936, tokens=8, warmup=2, prompt=8, sweep_tokens=6,
+                  p5_prompt=64, lockstep=False, table_copies=False),
     # 8 real-shape layers (3 GB); a smaller vocabulary keeps the head from dominating a token.
     "quick": Scale("quick", layers=8, vocab=32768, p5_prompt=128),
     # Seconds-long harness test: 128 tiny experts so the real traces replay unchanged.
     "toy": Scale("toy", layers=2, vocab=256, hidden=64, moe_intermediate=64, intermediate=128,
                  heads=2, kv_heads=1, head_dim=32 * 2, prompt=4, warmup=1, tokens=3,
+                 sweep_warmup=1, sweep_tokens=2,
                  p5_prompt=8, p5_resident_prompt=4, curve_slots=(8, 128), max_context=64,
                  min_cap=768 << 20),
 }  # fmt: skip

@@ -48,7 +48,7 @@ def prefetch_table(ctx: Ctx) -> dict:
         for c in copies:
             drop_tree_cache(c)
 
-    run_sides(sides, prompt=ctx.prompt(), warmup=sc.warmup, tokens=sc.tokens, logs=ctx.logs,
+    run_sides(sides, prompt=ctx.prompt(), warmup=sc.sweep_warmup, tokens=sc.sweep_tokens, logs=ctx.logs,
               interleave=sc.lockstep, before=cold)  # fmt: skip
     rows = {s.name.removeprefix("table-"): _row(s) for s in sides}
     ok = {k: v for k, v in rows.items() if v.get("tok_per_s")}
@@ -61,7 +61,7 @@ def budget_curve(ctx: Ctx) -> dict:
     """Decode tok/s and hit rate at each bank size (page_cache drop: every miss is a disk read)."""
     sc = ctx.scale
     sides = [Side(f"curve-{n}", ctx.streamed(slots=n, page_cache="drop")) for n in sc.curve_slots]
-    run_sides(sides, prompt=ctx.prompt(), warmup=sc.warmup, tokens=sc.tokens, logs=ctx.logs,
+    run_sides(sides, prompt=ctx.prompt(), warmup=sc.sweep_warmup, tokens=sc.sweep_tokens, logs=ctx.logs,
               interleave=sc.lockstep, before=ctx.cold)  # fmt: skip
     points = []
     for n, s in zip(sc.curve_slots, sides):
