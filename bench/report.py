@@ -78,7 +78,7 @@ def plot(results: dict, path: Path) -> Path | None:
     x = [p["budget_bytes"] / 2**30 for p in points]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(x, [p["tok_per_s"] for p in points], "o-", color="tab:blue", label="streamed decode tok/s")
-    resident = results.get("details", {}).get("P1", {}).get("resident_tok_s")
+    resident = results["details"]["budget_curve"].get("resident_tok_s")
     if resident:
         ax.axhline(resident, color="tab:blue", ls="--", lw=1, label="resident mlx-lm tok/s")
     ax.set_xlabel("memory budget (GiB: dense + expert banks + KV + headroom)")

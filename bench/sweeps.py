@@ -58,13 +58,15 @@ def prefetch_table(ctx: Ctx) -> dict:
 
 
 def budget_curve(ctx: Ctx) -> dict:
-    """Decode tok/s and hit rate at each bank size (page_cache drop: every miss is a disk read)."""
+    """Decode tok/s and hit rate at each bank size (page_cache drop: every miss is a disk read),
+    with resident mlx-lm interleaved as the reference line."""
     sc = ctx.scale
     sides = [Side(f"curve-{n}", ctx.streamed(slots=n, page_cache="drop")) for n in sc.curve_slots]
-    run_sides(sides, prompt=ctx.prompt(), warmup=sc.sweep_warmup, tokens=sc.sweep_tokens, logs=ctx.logs,
-              interleave=sc.lockstep, before=ctx.cold)  # fmt: skip
+    resident = Side("curve-resident", ctx.resident())
+    run_sides([*sides, resident], prompt=ctx.prompt(), warmup=sc.sweep_warmup, tokens=sc.sweep_tokens,
+              logs=ctx.logs, interleave=sc.lockstep, before=ctx.cold)  # fmt: skip
     points = []
     for n, s in zip(sc.curve_slots, sides):
         plan = (s.result.get("load") or {}).get("plan") or {}
         points.append({"slots_per_layer": n, "budget_bytes": plan.get("total_bytes"), **_row(s)})
-    return {"points": points, "interleaved": sc.lockstep}
+    return {"points": points, "resident_tok_s": _row(resident).get("tok_per_s"), "interleaved": sc.lockstep}
