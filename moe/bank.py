@@ -93,19 +93,24 @@ class ExpertBank:
         if self.options.page_cache == "drop":
             osio.advise_dontneed(fd, extent.offset, extent.length)
 
-    def ensure(self, experts: list[int]) -> list[int]:
-        """Slots holding `experts` (distinct ids), reading the missing ones in parallel.
-
-        A failed read empties its slot (the next call reads it again) and raises: the
-        bank never maps an expert to a slot holding anything but that expert's bytes.
-        """
-        start = time.perf_counter()
+    def lookup(self, experts: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Slots for `experts` (distinct ids) and the (expert, slot) reads still owed."""
         slots, misses = self.policy.lookup(experts)
         st = self.stats
         st.calls += 1
         st.requests += len(experts)
         st.misses += len(misses)
         st.hits += len(experts) - len(misses)
+        return slots, misses
+
+    def fill(self, misses: list[tuple[int, int]]) -> None:
+        """Read the owed experts into their slots, several in parallel.
+
+        A failed read empties its slot (the next call reads it again) and raises: the
+        bank never maps an expert to a slot holding anything but that expert's bytes.
+        """
+        start = time.perf_counter()
+        st = self.stats
         if misses:
             if self.predicted:
                 st.prefetch_used += sum(1 for e, _ in misses if e in self.predicted)
@@ -114,6 +119,11 @@ class ExpertBank:
             st.read_seconds += time.perf_counter() - start
         self.predicted = set()
         st.wait_seconds += time.perf_counter() - start
+
+    def ensure(self, experts: list[int]) -> list[int]:
+        """Slots holding `experts` (distinct ids), reading the missing ones first."""
+        slots, misses = self.lookup(experts)
+        self.fill(misses)
         return slots
 
     def _read_all(self, misses: list[tuple[int, int]]) -> None:

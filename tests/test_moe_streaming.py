@@ -201,3 +201,17 @@ def test_prompt_cache_reused_across_calls(models):
         second = [r.token for r in mlx_lm.stream_generate(m, t, "w4 w5", max_tokens=5, prompt_cache=cache)]
         outs.append((first, second))
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss", "deepseek_v3"])
+def test_long_prompt_passes_bit_identical(models, arch):
+    """Passes whose rows exceed mlx-lm's sorting threshold, and ones padded up to it."""
+    src, store = models[arch]
+    top_k = tiny_config(arch)["num_experts_per_tok"]
+    resident, _ = mlx_lm.load(str(src))
+    prompt = _prompt(90, seed=11)
+    want = _logits_trace(resident, prompt, steps=2)
+    model, _ = moe.load(store, slots_per_layer=top_k)
+    got = _logits_trace(model, prompt, steps=2)
+    assert all(np.array_equal(w, g) for w, g in zip(want, got))
+    assert moe.stats(model).total.passes > 0
