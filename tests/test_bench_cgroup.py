@@ -8,17 +8,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a top-level package of the repo, not installed
-    sys.path.insert(0, str(ROOT))
-
-from bench.cgroup import (  # noqa: E402
+from bench.cgroup import (
     CgroupUnavailable,
     MemoryCgroup,
     _own_cgroup_paths,
     parse_size,
     run_capped,
 )
+
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench` runs
 
 
 def _cgroups_writable() -> str | None:

@@ -10,17 +10,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a top-level package of the repo, not installed
-    sys.path.insert(0, str(ROOT))
-
-from bench.genmodel import (  # noqa: E402
+from bench.genmodel import (
     expert_usage,
     make_config,
     tensor_specs,
     write_model,
 )
 
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench` runs
 TINY = dict(layers=2, experts=8, top_k=2, hidden=128, moe_intermediate=64, intermediate=256,
             heads=4, kv_heads=2, head_dim=32, vocab=512)
 
@@ -97,6 +94,7 @@ def test_memory_bounded(tmp_path: Path) -> None:
 import resource, sys
 sys.path.insert(0, {str(ROOT)!r})
 from bench.genmodel import make_config, write_model
+
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 c = make_config(layers=4, experts=96, hidden=1024, moe_intermediate=512, intermediate=2048,
                 heads=16, kv_heads=4, head_dim=64, vocab=16384)

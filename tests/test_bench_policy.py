@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a top-level package of the repo, not installed
-    sys.path.insert(0, str(ROOT))
-
-from bench.policy_sim import (  # noqa: E402
+from bench.policy_sim import (
     SLOTS,
     command,
     default_trace_dir,
     readme_check,
     simulate,
 )
-from mlxstore.formats.route_trace import load_route_trace, parse_route_trace  # noqa: E402
-from mlxstore.moe.policy import DEFAULT_POLICY  # noqa: E402
+from mlxstore.formats.route_trace import load_route_trace, parse_route_trace
+from mlxstore.moe.policy import DEFAULT_POLICY
 
 HEADER = """# model=toy arch=toy n_layer=1 n_expert=8 n_expert_used=1
 turn,phase,step,layer,slot,expert,weight,residency,expert_bytes

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is a top-level package of the repo, not installed
-    sys.path.insert(0, str(ROOT))
-
-from bench.rawdisk import (  # noqa: E402
+from bench.rawdisk import (
     cached_fraction,
     drop_file_cache,
     pread_extents,
     random_extents,
     sequential_read,
 )
+
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench` runs
 
 
 @pytest.fixture()
