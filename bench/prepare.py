@@ -73,7 +73,7 @@ def timed_cold(cmd: list[str], src: Path, dst: Path) -> float:
     return time.perf_counter() - t0
 
 
-def pack_vs_cp(src: Path, store: Path, cp_dst: Path, repeats: int = 2) -> dict:
+def pack_vs_cp(src: Path, store: Path, cp_dst: Path, repeats: int = 3) -> dict:
     """P7: `mlxstore pack` and `cp -r` of the same source, alternated; the store is kept."""
     nbytes = sum(p.stat().st_size for p in files_under(src) if p.name != "bench-config.json")
     pack_s, cp_s = [], []

@@ -55,7 +55,7 @@ SCALES = {
     "full": Scale("full", layers=48, vocab=151936, tokens=8, warmup=2, prompt=8, sweep_tokens=6,
                   p5_prompt=64, lockstep=False, table_copies=False),
     # 8 real-shape layers (3 GB); a smaller vocabulary keeps the head from dominating a token.
-    "quick": Scale("quick", layers=8, vocab=32768, p5_prompt=128),
+    "quick": Scale("quick", layers=8, vocab=32768, tokens=32, p5_prompt=128),
     # Seconds-long harness test: 128 tiny experts so the real traces replay unchanged.
     "toy": Scale("toy", layers=2, vocab=256, hidden=64, moe_intermediate=64, intermediate=128,
                  heads=2, kv_heads=1, head_dim=32 * 2, prompt=4, warmup=1, tokens=3,
