@@ -37,12 +37,19 @@ def model_config(store: Store) -> dict:
 
 
 def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module:
-    """The mlx-lm model object for `config`, quantized as recorded, weights not loaded."""
+    """The mlx-lm model object for `config`, quantized as recorded, weights not loaded.
+
+    The config and quantization come from the store: whatever mlx-lm's constructors make of
+    bad values (TypeError, ZeroDivisionError, OverflowError, ...) is the store's problem
+    and is reported as StoreError.
+    """
+    arch = config.get("model_type")
     try:
         model_class, args_class = _get_classes(config)
-    except ValueError as e:
-        raise StoreError(f"architecture {config.get('model_type')!r}: {e}") from None
-    model = model_class(args_class.from_dict(config))
+        model = model_class(args_class.from_dict(config))
+    except Exception as e:  # noqa: BLE001 - mlx-lm has no error type of its own
+        raise StoreError(f"architecture {arch!r}: the store's config does not build a model: "
+                         f"{type(e).__name__}: {e}") from None  # fmt: skip
     if quantization:
         quantized = dict(quantization)
 
@@ -52,7 +59,11 @@ def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module
                 return False
             return {"group_size": q["group_size"], "bits": q["bits"], "mode": q.get("mode", "affine")}
 
-        nn.quantize(model, class_predicate=predicate)
+        try:
+            nn.quantize(model, class_predicate=predicate)
+        except Exception as e:  # noqa: BLE001 - MLX reports bad bits or group sizes as ValueError
+            raise StoreError(f"architecture {arch!r}: the store's quantization does not apply: "
+                             f"{type(e).__name__}: {e}") from None  # fmt: skip
         missing = set(quantized) - {p for p, m in model.named_modules() if hasattr(m, "bits")}
         if missing:
             raise StoreError(f"store quantizes modules this model does not have: {sorted(missing)[:5]}")
@@ -86,8 +97,21 @@ def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | No
 
 
 def load_weights(model: nn.Module, store: Store, names: Iterable[str], *, check: bool = False) -> None:
-    """Materialize `names` from the store into the model (strictly: every name must exist)."""
+    """Materialize `names` from the store into the model (strictly: every name must exist).
+
+    Shapes are compared first: mlx-lm's load_weights(strict=False) would take a tensor of
+    any shape, and the error (or an out-of-range gather) would only come at run time.
+    """
+    from mlx.utils import tree_flatten
+
     names = list(names)
+    params = dict(tree_flatten(model.parameters()))
+    wrong = [(n, store.tensor(n).shape, tuple(params[n].shape)) for n in names
+             if n in params and store.tensor(n).shape != tuple(params[n].shape)]  # fmt: skip
+    if wrong:
+        n, got, want = wrong[0]
+        raise StoreError(f"store tensor {n!r} has shape {list(got)}, the {type(model).__module__} model "
+                         f"expects {list(want)} ({len(wrong)} tensor(s) do not fit)")  # fmt: skip
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:  # preadv releases the GIL
         arrays = list(pool.map(lambda n: store.array(n, check=check), names))
     weights = list(zip(names, arrays))

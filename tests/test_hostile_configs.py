@@ -1,0 +1,60 @@
+"""A store's config, quantization and tensor shapes are untrusted too: whatever does not
+build or fit an mlx-lm model ends in StoreError from load_model and moe.load."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import mlxstore
+from mlxstore import moe
+from mlxstore.hostile import base_of, with_index
+
+
+def _set(key, value):
+    return lambda idx: idx["config"].__setitem__(key, value)
+
+
+def _first_quantized(key, value):
+    return lambda idx: next(iter(idx["quantization"].values())).__setitem__(key, value)
+
+
+def _reshape(name):
+    def edit(idx):
+        shape = idx["tensors"][name]["shape"]
+        idx["tensors"][name]["shape"] = shape[::-1]  # same bytes, wrong layout
+
+    return edit
+
+
+EDITS = {
+    "model_type list": (_set("model_type", ["qwen3_moe"]), "does not build"),
+    "model_type int": (_set("model_type", 5), "not supported"),
+    "model_type of a helper module": (_set("model_type", "base"), "does not build"),
+    "model_type missing": (lambda idx: idx["config"].pop("model_type"), "does not build"),
+    "hidden_size string": (_set("hidden_size", "wide"), "does not build"),
+    "hidden_size beyond int32": (_set("hidden_size", 2**40), "does not build"),
+    "zero attention heads": (_set("num_attention_heads", 0), "does not build"),
+    "bits 0": (_first_quantized("bits", 0), "quantization does not apply"),
+    "group size 3": (_first_quantized("group_size", 3), "quantization does not apply"),
+    "transposed embedding": (_reshape("model.embed_tokens.weight"), "has shape"),
+}
+
+
+@pytest.fixture(scope="module")
+def base(store_dir):
+    return base_of(store_dir("qwen3_moe"))
+
+
+@pytest.mark.parametrize("loader", ["load_model", "moe.load"])
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_bad_config_is_a_store_error(base, tmp_path, edit, loader):
+    change, match = EDITS[edit]
+    idx = copy.deepcopy(base.index)
+    change(idx)
+    for name, data in with_index(base, idx).items():
+        (tmp_path / name).write_bytes(data)
+    load = mlxstore.load_model if loader == "load_model" else (lambda p: moe.load(p, slots_per_layer=2))
+    with pytest.raises(mlxstore.StoreError, match=match):
+        load(tmp_path)
