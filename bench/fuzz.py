@@ -15,14 +15,15 @@ from pathlib import Path
 import click
 
 
-def run(cases: int, seed: int, trace_memory: bool, seconds: float, root: Path) -> dict:
-    """Draw `cases` hostile stores, open each under watch, summarize the outcomes."""
+def run(cases: int, seed: int, trace_memory: bool, seconds: float, root: Path, keep: Path) -> dict:
+    """Draw `cases` hostile stores, open each under watch, summarize the outcomes; cases
+    that end other than "refused" are saved under `keep` (replay: hostile.load_case)."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hyp_seed
 
-    from mlxstore.hostile import bases
+    from mlxstore.hostile import bases, save_case
     from mlxstore.hostile import cases as hostile_cases
-    from mlxstore.hostile_run import CaseRunner, summarize
+    from mlxstore.hostile_run import GOOD, CaseRunner, summarize
 
     bases()
     outcomes = []
@@ -34,6 +35,8 @@ def run(cases: int, seed: int, trace_memory: bool, seconds: float, root: Path) -
         @given(case=hostile_cases())
         def each(case) -> None:
             outcomes.append(runner.run(case))
+            if outcomes[-1].result != GOOD:
+                save_case(case, keep / f"{len(outcomes):06d}-{case.kind}")
 
         start = time.perf_counter()
         each()
@@ -55,7 +58,7 @@ def command(cases: int, seed: int, seconds: float, no_memory: bool, out: Path) -
     """Open hostile stores; every one must end in StoreError naming its problem."""
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(prefix="mlxstore-fuzz-", dir=shm if shm.is_dir() else None) as tmp:
-        summary = run(cases, seed, not no_memory, seconds, Path(tmp))
+        summary = run(cases, seed, not no_memory, seconds, Path(tmp), out.with_suffix(".failures"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     click.echo(f"{summary['cases']} cases in {summary['seconds']:.0f} s ({summary['cases_per_second']:.0f}/s): "

@@ -59,6 +59,32 @@ class Base:
     index: dict = field(repr=False)
 
 
+def save_case(case: Case, directory: str | Path) -> Path:
+    """Write a case to replay later with `load_case` (special files as NAME.special)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in case.files.items():
+        if isinstance(content, str):
+            (out / f"{name}.special").write_text(content)
+        else:
+            (out / name).write_bytes(content)
+    meta = {"kind": case.kind, "expect": list(case.expect), "open_file": case.open_file}
+    (out / "case.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def load_case(directory: str | Path) -> Case:
+    d = Path(directory)
+    meta = json.loads((d / "case.json").read_text())
+    files: dict[str, bytes | str] = {}
+    for p in sorted(d.iterdir()):
+        if p.name.endswith(".special"):
+            files[p.name[: -len(".special")]] = p.read_text()
+        elif p.name != "case.json":
+            files[p.name] = p.read_bytes()
+    return Case(meta["kind"], files, tuple(meta["expect"]), meta["open_file"])
+
+
 # ---------------------------------------------------------------- valid stores
 
 
