@@ -97,14 +97,24 @@ def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | No
 
 
 def load_weights(model: nn.Module, store: Store, names: Iterable[str], *, check: bool = False) -> None:
-    """Materialize `names` from the store into the model (strictly: every name must exist).
+    """Materialize `names` from the store into the model (strictly: every name must exist)."""
+    names = list(names)
+    check_shapes(model, store, names)
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:  # preadv releases the GIL
+        arrays = list(pool.map(lambda n: store.array(n, check=check), names))
+    weights = list(zip(names, arrays))
+    model.load_weights(weights, strict=False)
+    mx.eval([w for _, w in weights])
 
-    Shapes are compared first: mlx-lm's load_weights(strict=False) would take a tensor of
-    any shape, and the error (or an out-of-range gather) would only come at run time.
+
+def check_shapes(model: nn.Module, store: Store, names: Iterable[str]) -> None:
+    """The store's tensors have the model's parameter shapes (from the index, nothing read).
+
+    mlx-lm's load_weights(strict=False) takes a tensor of any shape; the error, or an
+    out-of-range gather, would only come at run time.
     """
     from mlx.utils import tree_flatten
 
-    names = list(names)
     params = dict(tree_flatten(model.parameters()))
     wrong = [(n, store.tensor(n).shape, tuple(params[n].shape)) for n in names
              if n in params and store.tensor(n).shape != tuple(params[n].shape)]  # fmt: skip
@@ -112,11 +122,6 @@ def load_weights(model: nn.Module, store: Store, names: Iterable[str], *, check:
         n, got, want = wrong[0]
         raise StoreError(f"store tensor {n!r} has shape {list(got)}, the {type(model).__module__} model "
                          f"expects {list(want)} ({len(wrong)} tensor(s) do not fit)")  # fmt: skip
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:  # preadv releases the GIL
-        arrays = list(pool.map(lambda n: store.array(n, check=check), names))
-    weights = list(zip(names, arrays))
-    model.load_weights(weights, strict=False)
-    mx.eval([w for _, w in weights])
 
 
 def check_complete(model: nn.Module, names: set[str], skip_prefixes: Iterable[str] = ()) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import mlx.core as mx
 import pytest
 
 import mlxstore
@@ -58,3 +59,28 @@ def test_bad_config_is_a_store_error(base, tmp_path, edit, loader):
     load = mlxstore.load_model if loader == "load_model" else (lambda p: moe.load(p, slots_per_layer=2))
     with pytest.raises(mlxstore.StoreError, match=match):
         load(tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "moe.load checks the shapes of dense tensors only: an expert tensor with its inner "
+    "dimensions swapped becomes a slot bank of the wrong shape and fails at run time "
+    "(ValueError from gather_qmm). Fix in moe/load.py: call mlxstore.model.check_shapes(model, s, "
+    "names) on all names, after check_complete, before building the banks."))  # fmt: skip
+def test_expert_tensor_of_the_wrong_shape_is_refused_by_moe_load(tmp_path):
+    from mlxstore.pack import pack
+    from mlxstore.synth import make_model_dir
+
+    src = make_model_dir("qwen3_moe", tmp_path / "src", config_overrides={"moe_intermediate_size": 128})
+    base = base_of(pack(src, tmp_path / "store", progress=False))
+    idx = copy.deepcopy(base.index)
+    t = idx["tensors"]["model.layers.0.mlp.switch_mlp.gate_proj.weight"]
+    t["shape"] = [t["shape"][0], t["shape"][2], t["shape"][1]]  # same bytes per expert, wrong layout
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, data in with_index(base, idx).items():
+        (bad / name).write_bytes(data)
+    with pytest.raises(mlxstore.StoreError, match="has shape"):
+        mlxstore.load_model(bad)
+    with pytest.raises(mlxstore.StoreError, match="has shape"):
+        model, _ = moe.load(bad, slots_per_layer=4)
+        model(mx.array([[1, 5, 9, 300]]))  # without the check the shapes only fail here
