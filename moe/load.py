@@ -19,6 +19,7 @@ from mlxstore.formats import StoreError
 from mlxstore.model import (
     build_model,
     check_complete,
+    check_shapes,
     load_store_tokenizer,
     load_weights,
     model_config,
@@ -67,7 +68,18 @@ def load(
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
     if page_cache not in ("keep", "drop"):
         raise ValueError(f"page_cache must be 'keep' or 'drop', got {page_cache!r}")
-    s = store if isinstance(store, Store) else open_store(store)
+    owned = not isinstance(store, Store)
+    s = open_store(store) if owned else store
+    try:
+        return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
+                     page_cache, io_threads, check, tokenizer_config)  # fmt: skip
+    finally:
+        if owned:  # the banks read through descriptors of their own
+            s.close()
+
+
+def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
+          page_cache, io_threads, check, tokenizer_config):  # fmt: skip
     config = model_config(s)
     model = build_model(config, s.quantization)
     names = set(s.tensor_names)
@@ -84,11 +96,13 @@ def load(
         raise StoreError(f"store has no expert group for the model's MoE layers {missing[:3]}")
     dense = [n for n in names if s.index.tensors[n].expert_group is None]
     check_complete(model, names)
+    check_shapes(model, s, names)
     plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom)
     log.info(plan.describe())
     load_weights(model, s, dense, check=check)
 
     pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="mlxstore-io")
+    fds = [os.dup(s.fd(i)) for i in range(len(s.index.shards))]  # the model's own, whoever closes `s`
     options = BankOptions(page_cache=page_cache, check=check)
     wrappers = []
     for site in sites:
@@ -96,7 +110,7 @@ def load(
         tensors = [s.index.tensors[n] for n in group.tensors]
         bank = ExpertBank(site.path, site.module, group, tensors,
                           make_policy(policy, plan.slots_per_layer, group.num_experts),
-                          [s.fd(i) for i in range(len(s.index.shards))], pool, options)  # fmt: skip
+                          fds, pool, options)  # fmt: skip
         wrapper = StreamingExperts(site.module, bank, prefetch)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
@@ -104,13 +118,14 @@ def load(
         if nsite.router is not None and nsite.top_k:
             object.__setattr__(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
     object.__setattr__(model, "mlxstore_plan", plan)
-    weakref.finalize(model, _release, pool, s)
+    weakref.finalize(model, _release, pool, fds)
     return model, load_store_tokenizer(s, config, tokenizer_config)
 
 
-def _release(pool: ThreadPoolExecutor, store: Store) -> None:
+def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
     pool.shutdown(wait=True)
-    store.close()
+    for fd in fds:
+        os.close(fd)
 
 
 def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom) -> Plan:

@@ -87,7 +87,7 @@ def test_two_models_on_one_store_do_not_interfere(store, shared):
     steps = 8
     source = mlxstore.open(store) if shared else store
 
-    alive = []  # a collected model closes a shared Store (see the xfail test below)
+    alive = []  # keep both models alive for the whole interleaving
 
     def load_a():
         alive.append(moe.load(source, slots_per_layer=4)[0])
@@ -107,11 +107,6 @@ def test_two_models_on_one_store_do_not_interfere(store, shared):
     assert all(np.array_equal(x, y) for x, y in zip(gb.trace, want_b))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "moe.load's finalizer closes a Store the caller passed in, and banks read through the "
-    "Store's descriptors: when one model goes, the other reads closed (or reused) fds. "
-    "Fix in moe/load.py: close only a Store moe.load opened itself, and give the banks "
-    "their own os.dup'ed descriptors, closed by the model's finalizer."))  # fmt: skip
 def test_a_model_outlives_another_on_the_same_store_object(store, tmp_path, store_dir):
     s = mlxstore.open(store)
     first, _ = moe.load(s, slots_per_layer=4)

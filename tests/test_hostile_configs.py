@@ -61,11 +61,6 @@ def test_bad_config_is_a_store_error(base, tmp_path, edit, loader):
         load(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "moe.load checks the shapes of dense tensors only: an expert tensor with its inner "
-    "dimensions swapped becomes a slot bank of the wrong shape and fails at run time "
-    "(ValueError from gather_qmm). Fix in moe/load.py: call mlxstore.model.check_shapes(model, s, "
-    "names) on all names, after check_complete, before building the banks."))  # fmt: skip
 def test_expert_tensor_of_the_wrong_shape_is_refused_by_moe_load(tmp_path):
     from mlxstore.pack import pack
     from mlxstore.synth import make_model_dir
