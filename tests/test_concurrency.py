@@ -18,8 +18,9 @@ import mlxstore
 from mlxstore import moe
 
 
-def _io_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("mlxstore-io")]
+def _io_threads() -> set[threading.Thread]:
+    """Thread objects, not names: every pool numbers its threads from mlxstore-io_0."""
+    return {t for t in threading.enumerate() if t.name.startswith("mlxstore-io")}
 
 
 def _prompt(seed: int, n: int = 16) -> mx.array:
@@ -53,13 +54,14 @@ def store(store_dir):
 
 
 def test_io_threads_end_with_their_model(store):
-    before = set(_io_threads())
+    gc.collect()
+    before = _io_threads()
     model, _ = moe.load(store, slots_per_layer=4)
-    model(_prompt(0))  # misses in parallel: the pool starts its threads
-    assert set(_io_threads()) - before, "the test needs the I/O pool to have started"
+    mx.eval(model(_prompt(0)))  # misses in parallel: the pool starts its threads
+    assert _io_threads() - before, "the test needs the I/O pool to have started"
     del model
     gc.collect()
-    assert set(_io_threads()) <= before
+    assert _io_threads() <= before
 
 
 _EXIT_WITH_MODEL = """
