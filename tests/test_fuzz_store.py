@@ -23,7 +23,7 @@ FUZZ_CASES = 2500
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
-    with CaseRunner(tmp_path_factory.mktemp("hostile"), seconds=5.0) as r:
+    with CaseRunner(tmp_path_factory.mktemp("hostile"), seconds=10.0) as r:  # cases take ~1 ms
         yield r
 
 
