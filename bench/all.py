@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ def machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "mem_bytes": mem,
             "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__, "device": str(mx.default_device()),
             "python": platform.python_version(), "git": commit,
+            "disk_free_gb": round(shutil.disk_usage(BENCH).free / 1e9, 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}  # fmt: skip
 
 

@@ -8,6 +8,8 @@ this disk could have delivered for that access pattern, measured minutes apart, 
 
 from __future__ import annotations
 
+import numpy as np
+
 from bench.context import Ctx
 from bench.rawio import raw_batches
 from bench.sides import Side, run_sides
@@ -16,6 +18,18 @@ from bench.targets import verdict
 
 def _decode(side: Side) -> dict:
     return side.result.get("decode") or {}
+
+
+def paired_median(reference: Side, side: Side) -> float | None:
+    """Median over interleaved token pairs of reference time / side time.
+
+    A robustness check beside the tok/s ratio: another tenant's burst slows one token of
+    one side; the median pair is what both cost on the same machine state.
+    """
+    a = _decode(reference).get("seconds") or []
+    b = _decode(side).get("seconds") or []
+    n = min(len(a), len(b))
+    return float(np.median(np.array(a[:n]) / np.array(b[:n]))) if n else None
 
 
 def profile(side: Side) -> dict:
@@ -42,6 +56,7 @@ def p1(ctx: Ctx) -> tuple[dict, dict]:
     res, st = (_decode(s).get("tok_per_s") for s in sides)
     value = st / res if res and st else None
     details = {"resident_tok_s": res, "streamed_tok_s": st, "interleaved": sc.lockstep,
+               "paired_median_ratio": paired_median(sides[0], sides[1]),
                "profile": {s.name: profile(s) for s in sides},
                "sides": {s.name: _summary(s) for s in sides}}  # fmt: skip
     return verdict("P1", value), details
@@ -66,6 +81,7 @@ def p4_p8(ctx: Ctx) -> tuple[dict, dict, dict]:
     p4_value = tps / bound if tps and bound else None
     details = {"cap_bytes": cap, "store_bytes": ctx.store_bytes, "capped_tok_s": tps,
                "resident_tok_s": res_tps, "missed_gb_per_token": missed_gb,
+               "paired_median_vs_resident": paired_median(resident, capped) if sc.lockstep else None,
                "raw_gb_s_same_extents": raw and raw["gb_per_s"], "io_bound_tok_s": io_bound,
                "bound_tok_s": bound, "bound_is": "compute (resident)" if bound == res_tps else "disk",
                "disk_read_gb_per_token": d.get("io_read_bytes", 0) / max(1, d.get("tokens", 0)) / 1e9,

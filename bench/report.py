@@ -39,6 +39,11 @@ def sweep_table(rows: dict, title: str) -> str:
 def full_report(results: dict) -> str:
     d = results.get("details", {})
     parts = [targets_table(results)]
+    p1m, p4m = d.get("P1", {}).get("paired_median_ratio"), d.get("P4", {}).get("paired_median_vs_resident")
+    if p1m or p4m:
+        parts.append(f"robustness (median over interleaved token pairs of resident/streamed time): "
+                     f"P1 {_fmt(p1m)}, P4 vs resident {_fmt(p4m)} (bound: "
+                     f"{d.get('P4', {}).get('bound_is', '-')})")
     table = d.get("prefetch_table")
     if table:
         parts.append(sweep_table(table["rows"], "prefetch-pagecache"))

@@ -3,8 +3,8 @@ and hit rate against the memory budget.
 
 Why under the cap: whether keeping read pages in the OS cache or prefetching pays off
 depends on memory pressure; with the model 3x the cap, as in P4, the page cache is as
-scarce as on the machine that needs streaming. Runs that keep pages each get a private
-copy of the store (where disk space allows) so one cannot hit pages another read.
+scarce as on the machine that needs streaming. Every run gets a private copy of the store
+(where disk space allows) so none can hit pages another read or prefetched.
 """
 
 from __future__ import annotations
@@ -32,16 +32,13 @@ def _row(side: Side) -> dict:
 
 def prefetch_table(ctx: Ctx) -> dict:
     sc, cap = ctx.scale, ctx.cap
-    keep_configs = [(p, "keep") for p in PREFETCH]
-    copies = store_copies(ctx.store, ctx.work / "copies", len(keep_configs)) if sc.table_copies else []
+    configs = [(p, c) for p in PREFETCH for c in PAGE_CACHE]
+    copies = store_copies(ctx.store, ctx.work / "copies", len(configs)) if sc.table_copies else []
     sides = []
-    for prefetch in PREFETCH:
-        for page_cache in PAGE_CACHE:
-            store: Path = ctx.store
-            if page_cache == "keep" and copies:
-                store = copies[keep_configs.index((prefetch, page_cache))]
-            load = ctx.streamed(cap=cap, prefetch=prefetch, page_cache=page_cache, path=str(store))
-            sides.append(Side(f"table-{prefetch}-{page_cache}", load, cap=cap))
+    for i, (prefetch, page_cache) in enumerate(configs):
+        store: Path = copies[i] if copies else ctx.store
+        load = ctx.streamed(cap=cap, prefetch=prefetch, page_cache=page_cache, path=str(store))
+        sides.append(Side(f"table-{prefetch}-{page_cache}", load, cap=cap))
 
     def cold() -> None:
         ctx.cold()
@@ -54,7 +51,7 @@ def prefetch_table(ctx: Ctx) -> dict:
     ok = {k: v for k, v in rows.items() if v.get("tok_per_s")}
     best = max(ok, key=lambda k: ok[k]["tok_per_s"]) if ok else None
     return {"rows": rows, "best_by_tok_s": best, "cap_bytes": cap, "interleaved": sc.lockstep,
-            "private_store_copies_for_keep": bool(copies)}  # fmt: skip
+            "private_store_copies": bool(copies)}  # fmt: skip
 
 
 def budget_curve(ctx: Ctx) -> dict:
