@@ -61,6 +61,7 @@ class ExpertBank:
         self.options = options
         self.stats = LayerStats()
         self.predicted: set[int] = set()
+        self.fixed_slots: mx.array | None = None  # expert -> slot, once every expert is resident for good
         self.arrays: list[mx.array] = []
         self._rows: list[tuple[memoryview, int]] = []
         updates = []
@@ -119,6 +120,12 @@ class ExpertBank:
             st.read_seconds += time.perf_counter() - start
         self.predicted = set()
         st.wait_seconds += time.perf_counter() - start
+        if misses and self.num_slots >= self.num_experts:
+            resident = self.policy.resident()
+            if len(resident) == self.num_experts:  # no eviction can ever happen again
+                table = mx.array([resident[e] for e in range(self.num_experts)], dtype=mx.uint32)
+                mx.eval(table)
+                self.fixed_slots = table
 
     def ensure(self, experts: list[int]) -> list[int]:
         """Slots holding `experts` (distinct ids), reading the missing ones first."""

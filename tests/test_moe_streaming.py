@@ -215,3 +215,30 @@ def test_long_prompt_passes_bit_identical(models, arch):
     got = _logits_trace(model, prompt, steps=2)
     assert all(np.array_equal(w, g) for w, g in zip(want, got))
     assert moe.stats(model).total.passes > 0
+
+
+def test_all_resident_layers_decode_without_host_sync(models, monkeypatch):
+    """Once a layer holds every expert for good, decode maps ids on the device."""
+    src, store = models["qwen3_moe"]
+    resident, _ = mlx_lm.load(str(src))
+    prompt = _prompt(90, seed=4)
+    want = _logits_trace(resident, prompt, steps=4)
+    model, _ = moe.load(store, slots_per_layer=16)
+    banks = [m.bank for _, m in model.named_modules() if hasattr(m, "bank")]
+    for seed in range(20):  # random weights leave some experts unused for a while
+        if all(b.fixed_slots is not None for b in banks):
+            break
+        mx.eval(model(_prompt(90, seed=100 + seed)))
+    assert all(b.fixed_slots is not None for b in banks)
+    cache = make_prompt_cache(model)
+    first = np.array(model(prompt, cache=cache).astype(mx.float32))
+    monkeypatch.setattr(np, "unique", lambda *a, **k: pytest.fail("host sync on the fixed path"))
+    got = [first]
+    token = mx.argmax(mx.array(first[:, -1:]), axis=-1)
+    for _ in range(4):
+        logits = model(token, cache=cache)
+        got.append(np.array(logits.astype(mx.float32)))
+        token = mx.argmax(logits[:, -1:], axis=-1)
+    assert all(np.array_equal(w, g) for w, g in zip(want, got))
+    total = moe.stats(model).total
+    assert total.hits + total.misses == total.requests
