@@ -14,6 +14,7 @@ Two ways bytes on disk become an `mx.array`:
 
 from __future__ import annotations
 
+import math
 import mmap
 from collections.abc import Sequence
 
@@ -32,16 +33,24 @@ MX_DTYPES: dict[str, mx.Dtype] = {
 _WRAP_ERRORS = (ValueError, TypeError, BufferError, RuntimeError)
 
 
-def alloc_bytes(nbytes: int) -> tuple[mx.array, memoryview]:
-    """An evaluated uint8 MLX array of `nbytes` and a writable byte view of its memory."""
-    buf = mx.zeros((nbytes,), dtype=mx.uint8)
+def alloc_bytes(nbytes: int, like: tuple[str, Sequence[int]] | None = None) -> tuple[mx.array, memoryview]:
+    """An evaluated uint8 MLX array of `nbytes` and a writable byte view of its memory.
+
+    MLX dimensions are 32-bit: 2 GiB or more is allocated as `like`'s shape times its item
+    size (a tensor's own dimensions each fit), and `as_tensor` reshapes it all the same.
+    """
+    dims: tuple[int, ...] = (nbytes,)
+    if nbytes >= 1 << 31 and like is not None:
+        dtype, shape = like
+        dims = (*shape, nbytes // max(1, math.prod(shape)))
+    buf = mx.zeros(dims, dtype=mx.uint8)
     mx.eval(buf)
     view = memoryview(buf)
     if view.readonly or not view.c_contiguous or view.nbytes != nbytes:
         raise RuntimeError(
             "this MLX version does not expose array memory as a writable contiguous buffer"
         )
-    return buf, view
+    return buf, view if view.ndim == 1 else view.cast("B")
 
 
 def as_tensor(raw: mx.array, dtype: str, shape: Sequence[int]) -> mx.array:

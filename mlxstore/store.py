@@ -166,7 +166,7 @@ class Store:
             arr = self._wrap(t, check)
             if arr is not None:
                 return arr, 0
-        raw, view = buffers.alloc_bytes(t.nbytes)
+        raw, view = buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape))
         pos = 0
         for i, p in enumerate(t.pieces):
             part = view[pos : pos + p.length]
@@ -183,7 +183,7 @@ class Store:
         if group is None:
             raise KeyError(f"store has no expert group {prefix!r}")
         tensors = [self.tensor(n) for n in group.tensors]
-        bufs = [buffers.alloc_bytes(t.nbytes) for t in tensors]
+        bufs = [buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape)) for t in tensors]
         per = [t.nbytes // max(group.num_experts, 1) for t in tensors]
         for e, ext in enumerate(group.extents):
             scatter, cursor, parts = [], ext.offset, []
@@ -216,7 +216,7 @@ class Store:
         p = t.pieces[0]
         data = self._reader.read_piece(p, _piece_name(t, 0), check)
         check_zstd_frame(data, t)  # before allocating what the index claims
-        raw, view = buffers.alloc_bytes(t.nbytes)
+        raw, view = buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape))
         try:
             reader = zstandard.ZstdDecompressor().stream_reader(data)
             done = 0
