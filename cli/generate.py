@@ -22,7 +22,7 @@ import click
 @click.option("--max-context", default=4096, show_default=True, help="KV cache tokens the budget reserves.")
 @click.option("--policy", default="default", show_default=True, help="Slot replacement policy.")
 @click.option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), default=None)
-@click.option("--page-cache", type=click.Choice(["keep", "drop"]), default="keep", show_default=True)
+@click.option("--page-cache", type=click.Choice(["keep", "drop"]), default="drop", show_default=True)
 @click.option("--check", is_flag=True, help="Verify the checksum of every expert read.")
 def generate(model_path, prompt, max_tokens, temp, top_p, seed, system_prompt, ignore_chat_template,
              memory_budget, slots_per_layer, max_context, policy, prefetch, page_cache, check) -> None:  # fmt: skip

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import mlx.nn as nn
 
+from mlxstore import osio
 from mlxstore.formats import StoreError
 from mlxstore.model import (
     build_model,
@@ -36,7 +37,12 @@ from .streaming import PREFETCH_MODES, NextLayer, StreamingExperts
 
 log = logging.getLogger("mlxstore")
 
+# Chosen from `python -m bench all --quick` (bench/results/latest.md, prefetch x page-cache
+# table on trace replay under a 3x memory cap): "none"+"drop" was fastest in both runs
+# (2.22 vs 2.18 tok/s keep; next-layer 2.17, temporal 2.19). WILLNEED hints cost more
+# disk traffic than they save here, as flash-moe also measured.
 DEFAULT_PREFETCH = "none"
+DEFAULT_PAGE_CACHE = "drop"
 DEFAULT_IO_THREADS = 4
 
 
@@ -49,7 +55,7 @@ def load(
     headroom: int | str | None = None,
     policy: str = DEFAULT_POLICY,
     prefetch: str = DEFAULT_PREFETCH,
-    page_cache: str = "keep",
+    page_cache: str = DEFAULT_PAGE_CACHE,
     io_threads: int = DEFAULT_IO_THREADS,
     check: bool = False,
     tokenizer_config: dict | None = None,
@@ -103,6 +109,8 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
 
     pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="mlxstore-io")
     fds = [os.dup(s.fd(i)) for i in range(len(s.index.shards))]  # the model's own, whoever closes `s`
+    for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
+        osio.set_nocache(fd, page_cache == "drop")
     options = BankOptions(page_cache=page_cache, check=check)
     wrappers = []
     for site in sites:
