@@ -1,4 +1,4 @@
-"""`python -m bench fuzz --cases 100000`: hostile stores at scale (mlxstore.hostile).
+"""`python -m bench fuzz --cases 100000`: hostile stores at scale (bench.hostile).
 
 The same hypothesis generator as tests/test_fuzz_store.py, run for many more cases with
 outcomes recorded instead of asserted: cases per second, results by case kind, the slowest
@@ -21,9 +21,9 @@ def run(cases: int, seed: int, trace_memory: bool, seconds: float, root: Path, k
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hyp_seed
 
-    from mlxstore.hostile import bases, save_case
-    from mlxstore.hostile import cases as hostile_cases
-    from mlxstore.hostile_run import GOOD, CaseRunner, summarize
+    from bench.hostile import bases, save_case
+    from bench.hostile import cases as hostile_cases
+    from bench.hostile_run import GOOD, CaseRunner, summarize
 
     bases()
     outcomes = []

@@ -9,8 +9,8 @@ import mlx.core as mx
 import pytest
 
 import mlxstore
+from bench.hostile import base_of, with_index
 from mlxstore import moe
-from mlxstore.hostile import base_of, with_index
 
 
 def _set(key, value):

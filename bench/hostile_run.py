@@ -31,9 +31,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from . import store as store_mod
-from .formats import StoreError
-from .hostile import DIRECTORY, FIFO, Case, bases
+from bench.hostile import DIRECTORY, FIFO, Case, bases
+from mlxstore import store as store_mod
+from mlxstore.formats import StoreError
 
 GOOD = "refused"
 MEMORY_SLACK = 4 << 20  # bytes any case may use (parsing, error formatting, MLX arrays)

@@ -23,8 +23,15 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from .formats import StoreWriter
-from .formats.layout import MAX_INDEX_BYTES, PREAMBLE, PREAMBLE_SIZE, Preamble, parse_preamble, xxh3
+from mlxstore.formats import StoreWriter
+from mlxstore.formats.layout import (
+    MAX_INDEX_BYTES,
+    PREAMBLE,
+    PREAMBLE_SIZE,
+    Preamble,
+    parse_preamble,
+    xxh3,
+)
 
 FIFO, DIRECTORY = "fifo", "directory"  # file contents the runner turns into special files
 _MARK = "\x00mlxstore-raw\x00"  # a string no index holds: replaced by raw JSON text
