@@ -99,8 +99,8 @@ def op_load(s: Session, engine: str, path: str, slots: int | None = None,
             variant: str | None = None) -> dict:  # fmt: skip
     """Load `path` with mlx-lm (resident) or mlxstore (streamed), then replay `trace`.
 
-    variant "overlap": swap in bench/proposals/overlap.py's streaming module (measuring a
-    proposed change to moe/ without editing it).
+    variant "overlap" / "serial": swap in a streaming module of bench/proposals/overlap.py
+    (measuring a change to moe/ without editing it; "serial" is the pre-overlap decode path).
     """
     import mlx.core as mx
     import mlx_lm
@@ -125,10 +125,11 @@ def op_load(s: Session, engine: str, path: str, slots: int | None = None,
         out["plan"] = None if plan is None else {**plan.__dict__, "total_bytes": plan.total_bytes,
                                                  "bank_bytes": plan.bank_bytes}  # fmt: skip
         s.store = path
-        if variant == "overlap":
-            from bench.proposals.overlap import use_overlap
+        if variant in ("overlap", "serial"):
+            from bench.proposals import overlap
 
-            out["variant_layers"] = use_overlap(model)
+            swap = overlap.use_overlap if variant == "overlap" else overlap.use_serial
+            out["variant_layers"] = swap(model)
         if preload_all:
             t1 = time.perf_counter()
             out["preload_bytes"] = preload(model)

@@ -115,3 +115,22 @@ def use_overlap(model) -> int:
             m.__class__ = OverlapStreaming
             n += 1
     return n
+
+
+class SerialStreaming(StreamingExperts):
+    """The decode path before overlap: read every miss, then compute all rows (reference)."""
+
+    def _run(self, x, ids, dtype, experts) -> mx.array:
+        slots = self.bank.ensure(experts.tolist())
+        table = np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)]
+        return self.inner(x, mx.array(table, dtype=dtype))
+
+
+def use_serial(model) -> int:
+    """Swap every StreamingExperts of `model` for SerialStreaming; returns how many."""
+    n = 0
+    for _, m in model.named_modules():
+        if type(m) is StreamingExperts:
+            m.__class__ = SerialStreaming
+            n += 1
+    return n
