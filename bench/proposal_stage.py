@@ -1,36 +1,43 @@
-"""Stage "proposals" (opt-in): the proposed streaming changes (bench/proposals/overlap.py)
-measured side by side with the shipped module, on P4's and P5's setups.
+"""Stage "proposals" (opt-in): streaming variants (bench/proposals/overlap.py) measured side
+by side with the shipped module on P1's and P4's setups, with resident mlx-lm interleaved.
 
 Why in the harness: a proposal to moe/ comes with the same kind of evidence as a target,
-a ratio from one interleaved run, so the lead can rerun it after adopting it.
+ratios from one interleaved run, so the lead can rerun it after adopting it.
 """
 
 from __future__ import annotations
 
 from bench.context import Ctx
-from bench.decode_targets import profile
-from bench.prompt_target import _split_pair
+from bench.decode_targets import paired_median, profile
+from bench.prepare import drop_tree_cache, store_copies
 from bench.sides import Side, run_sides
 
+CAPPED = (None, "serial", "asyncout")  # shipped, pre-overlap decode path, async output
+ALL_FIT = (None, "asyncout")
 
-def proposals(ctx: Ctx, p5_tokens: int | None = None) -> dict:
+
+def proposals(ctx: Ctx) -> dict:
     sc, cap = ctx.scale, ctx.cap
-    sides = [Side("prop-capped", ctx.streamed(cap=cap), cap=cap),
-             Side("prop-capped-overlap", ctx.streamed(cap=cap, variant="overlap"), cap=cap),
-             Side("prop-resident", ctx.resident())]  # fmt: skip
+    copies = store_copies(ctx.store, ctx.work / "copies", len(CAPPED)) if sc.table_copies else []
+    resident = Side("prop-resident", ctx.resident())
+    sides = [resident]
+    for v in ALL_FIT:
+        sides.append(Side(f"prop-allfit-{v or 'shipped'}", ctx.streamed(slots=sc.experts, preload_all=True, variant=v)))
+    for i, v in enumerate(CAPPED):
+        path = str(copies[i]) if copies else str(ctx.store)
+        sides.append(Side(f"prop-capped-{v or 'shipped'}", ctx.streamed(cap=cap, variant=v, path=path), cap=cap))
+
+    def cold() -> None:
+        ctx.cold()
+        for c in copies:
+            drop_tree_cache(c)
+
     run_sides(sides, prompt=ctx.prompt(), warmup=sc.warmup, tokens=sc.tokens, logs=ctx.logs,
-              interleave=sc.lockstep, before=ctx.cold)  # fmt: skip
-    prof = {s.name: profile(s) for s in sides}
-    res = prof["prop-resident"].get("tok_per_s")
-    out: dict = {"profile": prof, "interleaved": sc.lockstep}
-    if res:
-        out["p4_like_shipped"] = prof["prop-capped"].get("tok_per_s", 0) / res
-        out["p4_like_overlap"] = prof["prop-capped-overlap"].get("tok_per_s", 0) / res
-    slots = ((sides[0].result.get("load") or {}).get("plan") or {}).get("slots_per_layer") or sc.miss_slots
-    n = p5_tokens or max(8, sc.p5_prompt // 2)
-    for variant in (None, "overlap"):
-        load = ctx.streamed(slots=slots, page_cache="drop", variant=variant)
-        r = _split_pair(ctx, load, ctx.prompt(n, seed=5), (f"prop-p5-{variant}-b", f"prop-p5-{variant}-s"))
-        out[f"p5_like_{variant or 'shipped'}"] = r["ratio"]
-        out[f"p5_{variant or 'shipped'}"] = {k: r[k] for k in ("tokens", "batched_seconds", "single_seconds")}
-    return out
+              interleave=sc.lockstep, before=cold)  # fmt: skip
+    res = profile(resident).get("tok_per_s")
+    rows = {}
+    for s in sides[1:]:
+        p = profile(s)
+        rows[s.name.removeprefix("prop-")] = {**p, "vs_resident": p.get("tok_per_s", 0) / res if res else None,
+                                              "paired_median": paired_median(resident, s) if sc.lockstep else None}  # fmt: skip
+    return {"rows": rows, "resident": profile(resident), "interleaved": sc.lockstep}

@@ -62,10 +62,9 @@ def full_report(results: dict) -> str:
                      "head and the last layer's compute")
     prop = d.get("proposals")
     if prop:
-        parts.append(sweep_table(prop["profile"], "proposals (overlap)"))
-        parts.append("P4-like (tok/s / resident): shipped {} / overlap {};  P5-like: shipped {} / "
-                     "overlap {}".format(*(_fmt(prop.get(k)) for k in ("p4_like_shipped", "p4_like_overlap",
-                                                                     "p5_like_shipped", "p5_like_overlap"))))
+        parts.append(sweep_table(prop["rows"], "proposals"))
+        parts.append("proposals vs resident (tok/s ratio; paired median): " + ", ".join(
+            f"{k} {_fmt(v.get('vs_resident'))} ({_fmt(v.get('paired_median'))})" for k, v in prop["rows"].items()))
     return "\n\n".join(parts)
 
 

@@ -99,8 +99,8 @@ def op_load(s: Session, engine: str, path: str, slots: int | None = None,
             variant: str | None = None) -> dict:  # fmt: skip
     """Load `path` with mlx-lm (resident) or mlxstore (streamed), then replay `trace`.
 
-    variant "overlap" / "serial": swap in a streaming module of bench/proposals/overlap.py
-    (measuring a change to moe/ without editing it; "serial" is the pre-overlap decode path).
+    variant: swap in a streaming module of bench/proposals/overlap.py ("overlap", "serial":
+    the pre-overlap decode path, "asyncout"), measuring a change to moe/ without editing it.
     """
     import mlx.core as mx
     import mlx_lm
@@ -125,11 +125,10 @@ def op_load(s: Session, engine: str, path: str, slots: int | None = None,
         out["plan"] = None if plan is None else {**plan.__dict__, "total_bytes": plan.total_bytes,
                                                  "bank_bytes": plan.bank_bytes}  # fmt: skip
         s.store = path
-        if variant in ("overlap", "serial"):
-            from bench.proposals import overlap
+        if variant:
+            from bench.proposals.overlap import use_variant
 
-            swap = overlap.use_overlap if variant == "overlap" else overlap.use_serial
-            out["variant_layers"] = swap(model)
+            out["variant_layers"] = use_variant(model, variant)
         if preload_all:
             t1 = time.perf_counter()
             out["preload_bytes"] = preload(model)

@@ -1,4 +1,4 @@
-"""Proposed changes to moe/streaming.py, measured by the harness (`variant="overlap"`).
+"""Proposed changes to moe/streaming.py, measured by the harness (`variant=...`).
 
 Not used by mlxstore itself: the lead owns moe/. Two changes, both keeping every
 (token, expert) result the same kernel computation as before:
@@ -132,5 +132,34 @@ def use_serial(model) -> int:
     for _, m in model.named_modules():
         if type(m) is StreamingExperts:
             m.__class__ = SerialStreaming
+            n += 1
+    return n
+
+
+class AsyncOutStreaming(StreamingExperts):
+    """Starts computing each layer's expert output as soon as it is built (proposal 3).
+
+    After the per-layer sync the compute thread idles while Python builds the next layer's
+    graph; `mx.async_eval` on the output lets that graph building overlap the experts'
+    compute. Values are unchanged (evaluation order only); the slots it reads are not
+    rewritten before this layer's next call, which comes after a later sync.
+    """
+
+    def __call__(self, x, indices):
+        out = super().__call__(x, indices)
+        mx.async_eval(out)
+        return out
+
+
+VARIANTS = {"overlap": OverlapStreaming, "serial": SerialStreaming, "asyncout": AsyncOutStreaming}
+
+
+def use_variant(model, name: str) -> int:
+    """Swap every StreamingExperts of `model` for the variant class; returns how many."""
+    cls = VARIANTS[name]
+    n = 0
+    for _, m in model.named_modules():
+        if type(m) is StreamingExperts:
+            m.__class__ = cls
             n += 1
     return n
