@@ -7,15 +7,27 @@ import json
 import pytest
 
 from bench.all import run_all
+from bench.context import Ctx
 from bench.policy_sim import default_trace_dir
+from bench.scale import SCALES
+from bench.sides import Side, run_sides
 from bench.targets import TARGETS
 
 TRACE = default_trace_dir() / "qwen3-30b-a3b.route.csv"
 
 
-@pytest.mark.skipif(not TRACE.exists(), reason="shared routing traces not present")
-def test_toy_run_writes_every_target(tmp_path):
+pytestmark = pytest.mark.skipif(not TRACE.exists(), reason="shared routing traces not present")
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("bench")
     results = run_all("toy", tmp_path / "out", tmp_path / "work", TRACE, echo=lambda m: None)
+    return tmp_path, results
+
+
+def test_toy_run_writes_every_target(toy_run):
+    tmp_path, results = toy_run
     saved = json.loads((tmp_path / "out" / "latest.json").read_text())
     assert set(TARGETS) <= set(saved)
     assert not saved["details"].get("errors"), saved["details"].get("errors")
@@ -33,3 +45,15 @@ def test_toy_run_writes_every_target(tmp_path):
     assert all(r.get("tok_per_s") for r in d["prefetch_table"]["rows"].values())
     assert [p["slots_per_layer"] for p in d["budget_curve"]["points"]] == [8, 128]
     assert results["png"] and (tmp_path / "out" / "latest-budget.png").stat().st_size > 0
+
+
+def test_sides_one_after_another(toy_run):
+    """Full scale runs sides sequentially (they do not fit in memory together)."""
+    tmp_path, _ = toy_run
+    ctx = Ctx(SCALES["toy"], tmp_path / "work" / "src", tmp_path / "work" / "model.store", TRACE,
+              tmp_path / "work")  # fmt: skip
+    sides = [Side("seq-resident", ctx.resident()), Side("seq-streamed", ctx.streamed(slots=8))]
+    run_sides(sides, prompt=ctx.prompt(), warmup=1, tokens=2, logs=ctx.logs, interleave=False)
+    for s in sides:
+        assert s.result["decode"]["tokens"] == 2 and s.result["exit"]["returncode"] == 0
+    assert sides[1].result["decode"]["stats"]["misses"] > 0
