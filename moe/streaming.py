@@ -72,6 +72,7 @@ class StreamingExperts(nn.Module):
         if self.prefetch == "temporal":
             bank.hint(np.setdiff1d(self._previous, experts, assume_unique=True))
             object.__setattr__(self, "_previous", experts)
+        mx.async_eval(out)  # the experts compute while Python builds the next layer's graph
         return out
 
     def _slot_ids(self, ids: np.ndarray, experts: np.ndarray, slots: list[int]) -> np.ndarray:
