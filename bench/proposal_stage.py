@@ -12,8 +12,8 @@ from bench.decode_targets import paired_median, profile
 from bench.prepare import drop_tree_cache, store_copies
 from bench.sides import Side, run_sides
 
-CAPPED = (None, "serial", "asyncout")  # shipped, pre-overlap decode path, async output
-ALL_FIT = (None, "asyncout")
+CAPPED = (None, "serial")  # shipped, pre-overlap decode path
+ALL_FIT = (None,)
 
 
 def proposals(ctx: Ctx) -> dict:

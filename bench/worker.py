@@ -99,8 +99,8 @@ def op_load(s: Session, engine: str, path: str, slots: int | None = None,
             variant: str | None = None) -> dict:  # fmt: skip
     """Load `path` with mlx-lm (resident) or mlxstore (streamed), then replay `trace`.
 
-    variant: swap in a streaming module of bench/proposals/overlap.py ("overlap", "serial":
-    the pre-overlap decode path, "asyncout"), measuring a change to moe/ without editing it.
+    variant: swap in a streaming module of bench/proposals/overlap.py ("serial":
+    the pre-overlap decode path), measuring a change to moe/ against what ships.
     """
     import mlx.core as mx
     import mlx_lm
