@@ -38,9 +38,10 @@ from .streaming import PREFETCH_MODES, NextLayer, StreamingExperts
 log = logging.getLogger("mlxstore")
 
 # Chosen from `python -m bench all --quick` (bench/results/latest.md, prefetch x page-cache
-# table on trace replay under a 3x memory cap): "none"+"drop" was fastest in both runs
-# (2.22 vs 2.18 tok/s keep; next-layer 2.17, temporal 2.19). WILLNEED hints cost more
-# disk traffic than they save here, as flash-moe also measured.
+# table on trace replay under a 3x memory cap, tok/s): none/drop 2.487, none/keep 2.478,
+# temporal/drop 2.491 (4 of 86 hints used: within noise, extra machinery), next-layer/drop
+# 2.391. Drop was at least as fast as keep in every run; WILLNEED hints did not pay for the
+# disk traffic they add, as flash-moe also measured.
 DEFAULT_PREFETCH = "none"
 DEFAULT_PAGE_CACHE = "drop"
 DEFAULT_IO_THREADS = 4
@@ -109,6 +110,7 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
 
     pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="mlxstore-io")
     fds = [os.dup(s.fd(i)) for i in range(len(s.index.shards))]  # the model's own, whoever closes `s`
+    weakref.finalize(model, _release, pool, fds)  # threads and descriptors live as long as the model
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
         osio.set_nocache(fd, page_cache == "drop")
     options = BankOptions(page_cache=page_cache, check=check)
@@ -126,7 +128,6 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
         if nsite.router is not None and nsite.top_k:
             object.__setattr__(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
     object.__setattr__(model, "mlxstore_plan", plan)
-    weakref.finalize(model, _release, pool, fds)
     return model, load_store_tokenizer(s, config, tokenizer_config)
 
 
