@@ -17,17 +17,12 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from mlxstore import osio
+from mlxstore.buffers import MX_DTYPES
 from mlxstore.formats import ChecksumError, ExpertGroup, StoreError, Tensor
 from mlxstore.formats.layout import xxh3
 
 from .policy import SlotPolicy
 from .stats import LayerStats
-
-_MX_DTYPES = {"bool": mx.bool_}
-
-
-def mx_dtype(name: str) -> mx.Dtype:
-    return _MX_DTYPES.get(name) or getattr(mx, name)
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class ExpertBank:
         self._rows: list[tuple[memoryview, int]] = []
         updates = []
         for t in tensors:
-            arr = mx.zeros((self.num_slots, *t.shape[1:]), dtype=mx_dtype(t.dtype))
+            arr = mx.zeros((self.num_slots, *t.shape[1:]), dtype=MX_DTYPES[t.dtype])
             mx.eval(arr)
             self.arrays.append(arr)
             self._rows.append((memoryview(arr).cast("B"), t.nbytes // t.shape[0]))

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mlx.nn as nn
 
 from mlxstore import osio
-from mlxstore.formats import StoreError
+from mlxstore.formats import DTYPE_SIZES, StoreError
 from mlxstore.model import (
     build_model,
     check_complete,
@@ -143,9 +143,8 @@ def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom) 
                        for n in groups[site.path].tensors) for site in sites)  # fmt: skip
     num_experts = max(groups[site.path].num_experts for site in sites)
     top_k = max((site.top_k or 1) for site in sites)
-    float_sizes = [s.index.tensors[n].nbytes // max(1, _numel(s, n)) for n in dense
-                   if s.index.tensors[n].dtype in ("float16", "bfloat16", "float32")]  # fmt: skip
-    itemsize = min(float_sizes) if float_sizes else 2
+    floats = {s.index.tensors[n].dtype for n in dense} & {"float16", "bfloat16", "float32"}
+    itemsize = min((DTYPE_SIZES[d] for d in floats), default=2)  # the activations' width
     return make_plan(
         budget=budget,
         dense_bytes=sum(s.index.tensors[n].nbytes for n in dense),
@@ -160,12 +159,6 @@ def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom) 
         slots_per_layer=slots,
     )
 
-
-def _numel(s: Store, name: str) -> int:
-    n = 1
-    for d in s.index.tensors[name].shape:
-        n *= d
-    return n
 
 
 def _banks(model: nn.Module) -> dict[str, ExpertBank]:

@@ -37,10 +37,6 @@ class Plan:
     def total_bytes(self) -> int:
         return self.dense_bytes + self.bank_bytes + self.kv_bytes + self.headroom_bytes
 
-    @property
-    def all_experts_fit(self) -> bool:
-        return self.slots_per_layer >= self.num_experts
-
     def describe(self) -> str:
         budget = format_size(self.budget) if self.budget is not None else "none"
         return (

@@ -17,7 +17,7 @@ class LayerStats:
     prefetch_bytes: int = 0
     prefetch_used: int = 0  # prefetched experts that a later call of the layer missed on
     calls: int = 0
-    passes: int = 0  # extra passes when a call needed more experts than slots
+    passes: int = 0  # passes run by calls that needed more experts than slots
 
     def add(self, other: LayerStats) -> None:
         for f in fields(self):
