@@ -16,7 +16,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import click
@@ -109,6 +109,28 @@ def _read_fully(fd: int, view: memoryview, offset: int) -> int:
     return done
 
 
+def _run_workers(worker: Callable[[int], None], threads: int) -> float:
+    """Run worker(0..threads-1) on threads; wall seconds, or the first worker's exception."""
+    errors: list[BaseException] = []
+
+    def guarded(w: int) -> None:
+        try:
+            worker(w)
+        except BaseException as e:  # surfaced in the caller
+            errors.append(e)
+
+    pool = [threading.Thread(target=guarded, args=(w,)) for w in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    seconds = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return seconds
+
+
 def pread_extents(extents: Sequence[Extent], threads: int = 4, queue_depth: int | None = None,
                   chunk_bytes: int | None = None, drop_cache: bool = False) -> ReadResult:
     """Read every extent with ``threads`` workers and at most ``queue_depth`` reads in flight.
@@ -141,33 +163,21 @@ def pread_extents(extents: Sequence[Extent], threads: int = 4, queue_depth: int 
     lat: list[list[float]] = [[] for _ in range(threads)]
     bufs = [bytearray(biggest) for _ in range(threads)]
     total = [0] * threads
-    errors: list[BaseException] = []
 
     def worker(w: int) -> None:
         view = memoryview(bufs[w])
-        try:
-            while (i := next(nxt)) < len(reads):
-                p, off, n = reads[i]
-                with gate:
-                    t0 = time.perf_counter()
-                    total[w] += _read_fully(fds[p], view[:n], off)
-                    lat[w].append(time.perf_counter() - t0)
-        except BaseException as e:  # surfaced in the caller
-            errors.append(e)
+        while (i := next(nxt)) < len(reads):
+            p, off, n = reads[i]
+            with gate:
+                t0 = time.perf_counter()
+                total[w] += _read_fully(fds[p], view[:n], off)
+                lat[w].append(time.perf_counter() - t0)
 
     try:
-        pool = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-        t0 = time.perf_counter()
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        seconds = time.perf_counter() - t0
+        seconds = _run_workers(worker, threads)
     finally:
         for fd in fds.values():
             os.close(fd)
-    if errors:
-        raise errors[0]
     return _summary([x for w in lat for x in w], sum(total), seconds, threads, qd)
 
 
@@ -194,13 +204,7 @@ def sequential_read(paths: Sequence[str | os.PathLike[str]], block_bytes: int = 
                     lat[w].append(time.perf_counter() - t0)
                     total[w] += n
 
-    pool = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
-    t0 = time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    seconds = time.perf_counter() - t0
+    seconds = _run_workers(worker, threads)
     return _summary([x for w in lat for x in w], sum(total), seconds, threads, threads)
 
 

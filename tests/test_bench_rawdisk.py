@@ -88,3 +88,12 @@ def test_cli(files: list[str]) -> None:
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         assert "GB/s" in p.stdout
+
+
+def test_sequential_read_surfaces_worker_errors(tmp_path: Path) -> None:
+    """A file that fails to read is an error, not a silently lower byte count."""
+    from bench.rawdisk import sequential_read
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        sequential_read([tmp_path / "d"])
