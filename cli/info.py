@@ -13,7 +13,7 @@ def _where(x: dict) -> str:
     return f"{x['file']}@{x['offset']}+{x['length']}"
 
 
-def _print(info: dict) -> None:
+def _print(info: dict, extents: bool) -> None:
     sizes, loading = info["sizes"], info["loading"]
     echo = click.echo
     echo(f"store        {info['path']} (format {info['format_version']})")
@@ -31,6 +31,18 @@ def _print(info: dict) -> None:
     q = info["quantization"]
     schemes = ", ".join(f"{k} x{v}" for k, v in sorted(q["schemes"].items())) or "none"
     echo(f"quantization {q['modules']} modules: {schemes}")
+    groups = info["expert_groups"]
+    if not extents:
+        in_groups = sum(1 for t in info["tensors"].values() if "expert_group" in t)
+        echo(f"tensors      {len(info['tensors'])}: {len(info['tensors']) - in_groups} dense, "
+             f"{in_groups} in expert groups")  # fmt: skip
+        counts = sorted({g["num_experts"] for g in groups.values()})
+        each = sorted({g["expert_bytes"] for g in groups.values()})
+        echo(f"experts      {len(groups)} groups" + (
+            f" of {'/'.join(map(str, counts))} experts, {'/'.join(format_size(b) for b in each)} each "
+            "(one contiguous extent per expert)" if groups else ""))  # fmt: skip
+        echo("(every tensor and expert extent: --extents)")
+        return
     echo("")
     echo(f"tensors ({len(info['tensors'])}): name dtype shape encoding extents")
     for name, t in info["tensors"].items():
@@ -41,7 +53,7 @@ def _print(info: dict) -> None:
             if not t["mappable"]:
                 where += " (compressed: decompressed on load, not mappable)"
         echo(f"  {name} {t['dtype']} {t['shape']} {t['encoding']} {where}")
-    if info["expert_groups"]:
+    if groups:
         echo("")
         echo(f"expert groups ({len(info['expert_groups'])}): one contiguous extent per expert")
         for prefix, g in info["expert_groups"].items():
@@ -58,10 +70,11 @@ def _print(info: dict) -> None:
 
 @click.command()
 @click.argument("store", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(store: str, as_json: bool) -> None:
-    """Describe STORE: model, sizes, alignment, shards, compression, and the byte extents
-    of every tensor and every expert."""
+@click.option("--extents", is_flag=True, help="Also list the byte extents of every tensor and expert.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (always complete).")
+def info(store: str, extents: bool, as_json: bool) -> None:
+    """Describe STORE: model, sizes, dense and expert bytes, groups, alignment, shards,
+    compression and loading mode (--extents: where every tensor and expert lies)."""
     from mlxstore.formats import StoreError
     from mlxstore.info import store_info
 
@@ -72,4 +85,4 @@ def info(store: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        _print(data)
+        _print(data, extents)

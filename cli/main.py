@@ -7,12 +7,14 @@ optional dependency of one command does not break the others.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import click
 
 # Adding a command is adding its name here: module mlxstore.cli.<name> defines click
 # command <name>.
-COMMANDS = ("pack", "info", "verify", "demo", "generate")
+COMMANDS = ("pack", "info", "verify", "demo", "generate", "serve", "chat")
 
 
 class _LazyGroup(click.Group):
@@ -24,8 +26,17 @@ class _LazyGroup(click.Group):
             return None
         return getattr(importlib.import_module(f"mlxstore.cli.{name}"), name)
 
+    def main(self, *args, **kwargs):
+        """Exit quietly with 0 when stdout is closed early (`mlxstore info STORE | head`)."""
+        try:
+            return super().main(*args, **kwargs)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)  # the interpreter's last flush would fail again
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(0) from None
+
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlxstore")
 def main() -> None:
-    """Page-aligned tensor stores for MLX models: pack, inspect, verify, run."""
+    """Page-aligned tensor stores for MLX models: pack, inspect, verify, run, serve, chat."""

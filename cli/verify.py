@@ -21,7 +21,7 @@ def verify(store: str, quiet: bool) -> None:
     try:
         reader = StoreReader(store)
     except StoreError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"Error: {e}", err=True)  # click.ClickException's prefix, as every command
         raise SystemExit(2) from None
     with reader:
         index = reader.index

@@ -37,9 +37,12 @@ def parse_size(value: int | float | str) -> int:
         return int(value)
     match = _SIZE.match(value)
     if not match:
-        raise ValueError(
-            f"size {value!r} is not a number with an optional unit, e.g. '8GB', '512MiB', '1.5G'"
-        )
+        if value.strip().startswith("-"):
+            raise ValueError(f"size {value!r} is negative")
+        hint = "e.g. '8GB', '512MiB', '1.5G'"
+        if re.fullmatch(r"\s*[\d.]+e[+-]?\d+\s*", value, re.IGNORECASE):
+            hint = "exponents are not read: write '1GB' or '1000000000'"
+        raise ValueError(f"size {value!r} is not a number with an optional unit ({hint})")
     number, unit = match.groups()
     factor = _UNITS.get(unit.lower())
     if factor is None:
@@ -52,6 +55,22 @@ def parse_size(value: int | float | str) -> int:
     except InvalidOperation:
         raise ValueError(f"size {value!r}: {number!r} is not a number") from None
     return int(amount * factor)
+
+
+def unit_of(typed: int | float | str) -> str:
+    """The unit a size was written in ("GB" for "8 GB", "" for plain bytes), as typed."""
+    match = _SIZE.match(typed) if isinstance(typed, str) else None
+    unit = match.group(2) if match else ""
+    return unit if unit.lower() in _UNITS else ""
+
+
+def format_in(nbytes: int, unit: str) -> str:
+    """`nbytes` in the unit the user typed ("8GB" -> "GB"), rounded up so a minimum stays one."""
+    factor = _UNITS.get(unit.lower(), 1)
+    if factor == 1:
+        return f"{nbytes} bytes" if not unit else f"{nbytes} {unit}"
+    value = math.ceil(nbytes * 100 / factor) / 100
+    return f"{value:g} {unit}"
 
 
 def format_size(nbytes: int) -> str:

@@ -30,7 +30,7 @@ from mlxstore.store import open as open_store
 
 from .bank import BankOptions, ExpertBank
 from .discover import find_switches
-from .plan import DEFAULT_MAX_CONTEXT, Plan, make_plan
+from .plan import DEFAULT_MAX_CONTEXT, Plan, kv_bytes_per_token, make_plan
 from .policy import DEFAULT_POLICY, make_policy
 from .stats import StreamStats
 from .streaming import PREFETCH_MODES, NextLayer, StreamingExperts
@@ -60,6 +60,7 @@ def load(
     io_threads: int = DEFAULT_IO_THREADS,
     check: bool = False,
     tokenizer_config: dict | None = None,
+    reserve: int | str = 0,
 ):
     """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
 
@@ -69,7 +70,8 @@ def load(
     activations (default 5% of the budget, at least 64 MiB). policy: slot replacement
     policy (moe.policy). prefetch: "none", "temporal" or "next-layer". page_cache:
     "keep" or "drop" a read expert's pages from the OS cache. check: verify the checksum
-    of every expert read.
+    of every expert read. reserve: bytes of the budget kept for the caller (the server's
+    prompt cache), not given to expert slots.
     """
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
@@ -79,14 +81,14 @@ def load(
     s = open_store(store) if owned else store
     try:
         return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-                     page_cache, io_threads, check, tokenizer_config)  # fmt: skip
+                     page_cache, io_threads, check, tokenizer_config, reserve)  # fmt: skip
     finally:
         if owned:  # the banks read through descriptors of their own
             s.close()
 
 
 def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-          page_cache, io_threads, check, tokenizer_config):  # fmt: skip
+          page_cache, io_threads, check, tokenizer_config, reserve):  # fmt: skip
     config = model_config(s)
     model = build_model(config, s.quantization)
     names = set(s.tensor_names)
@@ -104,7 +106,7 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
     dense = [n for n in names if s.index.tensors[n].expert_group is None]
     check_complete(model, names)
     check_shapes(model, s, names)
-    plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom)
+    plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom, reserve)
     log.info(plan.describe())
     load_weights(model, s, dense, check=check)
 
@@ -137,14 +139,12 @@ def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
         os.close(fd)
 
 
-def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom) -> Plan:
+def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom, reserve) -> Plan:
     groups = s.expert_groups
     per_slot = sum(sum(s.index.tensors[n].nbytes // groups[site.path].num_experts
                        for n in groups[site.path].tensors) for site in sites)  # fmt: skip
     num_experts = max(groups[site.path].num_experts for site in sites)
     top_k = max((site.top_k or 1) for site in sites)
-    floats = {s.index.tensors[n].dtype for n in dense} & {"float16", "bfloat16", "float32"}
-    itemsize = min((DTYPE_SIZES[d] for d in floats), default=2)  # the activations' width
     return make_plan(
         budget=budget,
         dense_bytes=sum(s.index.tensors[n].nbytes for n in dense),
@@ -153,12 +153,23 @@ def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom) 
         num_experts=num_experts,
         top_k=top_k,
         config=config,
-        itemsize=itemsize,
+        itemsize=_activation_itemsize(s),
         max_context=max_context,
         headroom=headroom,
         slots_per_layer=slots,
+        reserve=reserve,
     )
 
+
+
+def _activation_itemsize(s: Store) -> int:
+    dense = {t.dtype for t in s.index.tensors.values() if t.expert_group is None}
+    return min((DTYPE_SIZES[d] for d in dense & {"float16", "bfloat16", "float32"}), default=2)
+
+
+def kv_cache_bytes(store: Store, tokens: int) -> int:
+    """The plan's estimate of one KV cache holding `tokens` tokens of this store's model."""
+    return kv_bytes_per_token(model_config(store), _activation_itemsize(store)) * tokens
 
 
 def _banks(model: nn.Module) -> dict[str, ExpertBank]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mlxstore.sizes import format_size, parse_size
+from mlxstore.sizes import format_in, format_size, parse_size, unit_of
 
 DEFAULT_MAX_CONTEXT = 4096
 
@@ -28,6 +28,7 @@ class Plan:
     kv_bytes: int
     headroom_bytes: int
     max_context: int
+    reserved_bytes: int = 0  # kept for a caller's own use, e.g. the server's prompt cache
 
     @property
     def bank_bytes(self) -> int:
@@ -35,15 +36,16 @@ class Plan:
 
     @property
     def total_bytes(self) -> int:
-        return self.dense_bytes + self.bank_bytes + self.kv_bytes + self.headroom_bytes
+        return self.dense_bytes + self.bank_bytes + self.kv_bytes + self.headroom_bytes + self.reserved_bytes
 
     def describe(self) -> str:
         budget = format_size(self.budget) if self.budget is not None else "none"
+        reserved = f" + reserved {format_size(self.reserved_bytes)}" if self.reserved_bytes else ""
         return (
             f"mlxstore plan: dense {format_size(self.dense_bytes)} + experts "
             f"{self.slots_per_layer}/{self.num_experts} slots x {self.num_layers} layers "
             f"{format_size(self.bank_bytes)} + KV@{self.max_context} {format_size(self.kv_bytes)} + "
-            f"headroom {format_size(self.headroom_bytes)} = {format_size(self.total_bytes)} "
+            f"headroom {format_size(self.headroom_bytes)}{reserved} = {format_size(self.total_bytes)} "
             f"(budget {budget})"
         )
 
@@ -90,11 +92,13 @@ def make_plan(
     max_context: int = DEFAULT_MAX_CONTEXT,
     headroom: int | str | None = None,
     slots_per_layer: int | None = None,
+    reserve: int | str = 0,
 ) -> Plan:
     """Slots per layer for a budget (or the given number), with a clear error when too small."""
     from mlxstore.formats import StoreError
 
     kv = kv_bytes_per_token(config, itemsize) * max_context
+    reserved = parse_size(reserve)
     budget_bytes = parse_size(budget) if budget is not None else None
     if budget_bytes is None and slots_per_layer is None:
         budget_bytes = available_memory()
@@ -108,14 +112,19 @@ def make_plan(
             raise StoreError(f"slots_per_layer must be >= 1, got {slots_per_layer}")
         slots = min(slots_per_layer, num_experts)
     else:
-        free = budget_bytes - dense_bytes - kv - head
+        free = budget_bytes - dense_bytes - kv - head - reserved
         slots = min(num_experts, free // expert_bytes) if expert_bytes else num_experts
-        minimum = dense_bytes + top_k * expert_bytes + kv + head
+        minimum = dense_bytes + top_k * expert_bytes + kv + head + reserved
         if slots < top_k:
+            typed = budget is not None  # state the minimum in the unit the user wrote
+            shown = str(budget).strip() if typed else format_size(budget_bytes)
+            need = format_in(minimum, unit_of(budget)) if typed else format_size(minimum)
+            kept = f" + reserved {format_size(reserved)}" if reserved else ""
             raise StoreError(
-                f"memory budget {format_size(budget_bytes)} is too small: at least {format_size(minimum)} "
+                f"memory budget {shown} is too small: at least {need} "
                 f"is needed (dense {format_size(dense_bytes)} + {top_k} slots x {num_layers} layers "
                 f"{format_size(top_k * expert_bytes)} + KV at {max_context} tokens {format_size(kv)} "
-                f"+ headroom {format_size(head)})"
+                f"+ headroom {format_size(head)}{kept})"
             )
-    return Plan(budget_bytes, dense_bytes, expert_bytes, num_layers, num_experts, top_k, slots, kv, head, max_context)
+    return Plan(budget_bytes, dense_bytes, expert_bytes, num_layers, num_experts, top_k, slots, kv, head, max_context,
+                reserved)

@@ -112,7 +112,7 @@ def test_options_alignment_shards_and_compression(model_dir, tmp_path):
             for x in g.extents:
                 assert x.offset % 4096 == 0
         assert r.verify() == []
-    info = CliRunner().invoke(main, ["info", str(store)])
+    info = CliRunner().invoke(main, ["info", "--extents", str(store)])
     assert info.exit_code == 0 and "cannot be mapped" in info.output and "not mappable" in info.output
 
 

@@ -26,7 +26,7 @@ def test_parse_size(text, expected):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ("", "not a number"), ("GB", "not a number"), ("-1GB", "not a number"), ("1e9", "not a number"),
+        ("", "not a number"), ("GB", "not a number"), ("-1GB", "negative"), ("-1", "negative"), ("abc", "not a number"), ("8 gigs", "unknown unit 'gigs'"), ("1e9", "exponents are not read"),
         ("8 XB", "unknown unit 'XB'"), ("8GiBs", "unknown unit"), ("1.2.3G", "not a number"),
         ("nan", "not a number"), ("inf", "not a number"), ("8 G B", "not a number"),
         (-1, "negative"), (float("inf"), "finite"), (float("nan"), "finite"),
@@ -56,3 +56,16 @@ def test_format_size(n, text):
 def test_format_then_parse_is_close():
     for n in (1, 999, 4096, 123456789, 7 << 33):
         assert abs(parse_size(format_size(n).replace(" ", "")) - n) <= n * 0.01
+
+
+@pytest.mark.parametrize(
+    "typed, unit, shown",
+    [("8GB", "GB", "0.13 GB"), ("8 GiB", "GiB", "0.12 GiB"), ("8000MB", "MB", "123.46 MB"),
+     ("8G", "G", "0.12 G"), ("4096", "", "123456789 bytes"), (4096, "", "123456789 bytes")],
+)  # fmt: skip
+def test_minimum_in_the_unit_typed(typed, unit, shown):
+    from mlxstore.sizes import format_in, unit_of
+
+    assert unit_of(typed) == unit
+    assert format_in(123_456_789, unit) == shown
+    assert parse_size(shown.replace(" bytes", "")) >= 123_456_789  # rounded up: still a minimum

@@ -95,7 +95,7 @@ def _refused(store, match: str) -> None:
     r = _verify(store)
     assert r.exit_code == 2
     assert "Traceback" not in r.output
-    assert r.output.startswith("error: ")
+    assert r.output.startswith("Error: ")
     info = CliRunner().invoke(main, ["info", str(store)])
     assert info.exit_code == 1 and "Traceback" not in info.output
 
