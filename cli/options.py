@@ -17,3 +17,62 @@ class Size(click.ParamType):
             return parse_size(value)
         except (TypeError, ValueError) as e:
             self.fail(str(e), param, ctx)
+
+
+class SizeText(Size):
+    """A size checked like `Size` but kept as typed, so errors can answer in the user's unit."""
+
+    def convert(self, value, param, ctx) -> str:
+        super().convert(value, param, ctx)
+        return value
+
+
+def load_options(command):
+    """The flags every command that loads a store for generation shares (`moe.load`'s options)."""
+    options = [
+        click.option("--model", "model_path", required=True, help="Path of an mlxstore store."),
+        click.option("--memory-budget", type=SizeText(), default=None,
+                     help="Whole footprint, e.g. 8GB, 8GiB, 8000MB or bytes; default plans from available memory."),
+        click.option("--slots-per-layer", type=click.IntRange(min=1), default=None,
+                     help="Fix the expert bank size (overrides the budget)."),
+        click.option("--max-context", type=click.IntRange(min=1), default=4096, show_default=True,
+                     help="KV cache tokens the budget reserves (longer prompts are refused)."),
+        click.option("--headroom", type=SizeText(), default=None,
+                     help="Bytes of the budget kept free for activations (default 5%, at least 64 MiB)."),
+        click.option("--policy", default="default", show_default=True,
+                     help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
+        click.option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), default=None,
+                     help="Expert prefetch hints (default: none)."),
+        click.option("--page-cache", type=click.Choice(["keep", "drop"]), default="drop", show_default=True,
+                     help="Drop a read expert's pages from the OS cache, or keep them."),
+        click.option("--check", is_flag=True, help="Verify the checksum of every expert read."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def load_store(kw: dict, prompt_cache_bytes: int | None = 0):
+    """`(model, tokenizer, name, reserved)` from `load_options`' values; one-line errors.
+
+    prompt_cache_bytes: bytes of the budget to reserve for a prefix cache; None reserves
+    one KV cache at --max-context (the server's default).
+    """
+    from pathlib import Path
+
+    from mlxstore import moe
+    from mlxstore.formats import StoreError
+    from mlxstore.moe.load import kv_cache_bytes
+    from mlxstore.store import open as open_store
+
+    try:
+        with open_store(kw["model_path"]) as store:
+            reserved = kv_cache_bytes(store, kw["max_context"]) if prompt_cache_bytes is None else prompt_cache_bytes
+            model, tokenizer = moe.load(
+                store, kw["memory_budget"], slots_per_layer=kw["slots_per_layer"], max_context=kw["max_context"],
+                headroom=kw["headroom"], policy=kw["policy"], prefetch=kw["prefetch"] or moe.DEFAULT_PREFETCH,
+                page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
+            )  # fmt: skip
+    except (StoreError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    return model, tokenizer, Path(kw["model_path"]).name, reserved

@@ -1,0 +1,44 @@
+"""`mlxstore serve`: an OpenAI- and Anthropic-compatible HTTP server over a store."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .options import Size, load_options, load_store
+
+
+@click.command()
+@load_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep 127.0.0.1 unless you mean to share it).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port, printed at start).")
+@click.option("--queue-size", default=8, show_default=True, type=click.IntRange(min=0), help="Requests that may wait behind the running one(s); more get 503 with Retry-After.")
+@click.option("--max-tokens", "-m", default=512, show_default=True, type=click.IntRange(min=1), help="Default tokens per answer when a request gives none.")
+@click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Default sampling temperature.")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Default nucleus sampling top-p.")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Default top-k (0: off).")
+@click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Default min-p (0: off).")
+@click.option("--prompt-cache-bytes", type=Size(), default=None, help="Prefix cache across requests, reserved in the memory plan (default: one KV cache at --max-context; 0: off).")
+@click.option("--prompt-cache-size", default=10, show_default=True, type=click.IntRange(min=1), help="Distinct sequences the prefix cache keeps.")
+@click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1), help="Prompt tokens per forward pass.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
+def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_cache_bytes, prompt_cache_size,
+          prefill_step_size, log_level, **load_kw) -> None:  # fmt: skip
+    """Serve STORE over HTTP: /v1/chat/completions, /v1/completions, /v1/models (OpenAI)
+    and /v1/messages (Anthropic), with mlx_lm.server's request handling."""
+    from mlxstore.moe.server import ServeOptions, make_server, serve as run
+
+    logging.basicConfig(level=getattr(logging, log_level), format="%(asctime)s %(message)s", stream=sys.stderr)
+    model, tokenizer, name, reserved = load_store(load_kw, prompt_cache_bytes)
+    options = ServeOptions(host=host, port=port, queue_size=queue_size, max_context=load_kw["max_context"],
+                           max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
+                           prompt_cache_size=prompt_cache_size, prompt_cache_bytes=reserved,
+                           prefill_step_size=prefill_step_size)  # fmt: skip
+    try:
+        httpd, state = make_server(model, tokenizer, name, options)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    logging.getLogger("mlxstore").info("mlxstore serve: %s mode", state.mode)
+    run(httpd, state, announce=lambda s: click.echo(s, err=False) or sys.stdout.flush())
