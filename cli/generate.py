@@ -7,44 +7,53 @@ import sys
 
 import click
 
+from .options import load_options, load_store
+
 
 @click.command()
-@click.option("--model", "model_path", required=True, help="Path of an mlxstore store.")
+@load_options
 @click.option("--prompt", "-p", default="hello", show_default=True, help="Prompt text ('-' reads stdin).")
-@click.option("--max-tokens", "-m", default=256, show_default=True)
-@click.option("--temp", default=0.0, show_default=True, help="Sampling temperature.")
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--seed", default=None, type=int)
-@click.option("--system-prompt", default=None)
+@click.option("--max-tokens", "-m", default=256, show_default=True, type=click.IntRange(min=1), help="Tokens to generate at most.")
+@click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Sampling temperature (0: greedy).")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling top-p.")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Top-k sampling (0: off).")
+@click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Min-p sampling (0: off).")
+@click.option("--seed", default=None, type=int, help="PRNG seed.")
+@click.option("--system-prompt", default=None, help="System message for the chat template.")
 @click.option("--ignore-chat-template", is_flag=True, help="Use the raw prompt.")
-@click.option("--memory-budget", default=None, help="e.g. 8GB; default plans from available memory.")
-@click.option("--slots-per-layer", default=None, type=int, help="Fix the bank size (overrides the budget).")
-@click.option("--max-context", default=4096, show_default=True, help="KV cache tokens the budget reserves.")
-@click.option("--policy", default="default", show_default=True, help="Slot replacement policy.")
-@click.option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), default=None)
-@click.option("--page-cache", type=click.Choice(["keep", "drop"]), default="drop", show_default=True)
-@click.option("--check", is_flag=True, help="Verify the checksum of every expert read.")
-def generate(model_path, prompt, max_tokens, temp, top_p, seed, system_prompt, ignore_chat_template,
-             memory_budget, slots_per_layer, max_context, policy, prefetch, page_cache, check) -> None:  # fmt: skip
+@click.option("--draft-model", default=None, help="Store or mlx-lm model directory for speculative decoding.")
+@click.option("--num-draft-tokens", default=3, show_default=True, type=click.IntRange(min=1), help="Tokens the draft model proposes per step.")
+@click.option("--kv-bits", default=None, type=click.IntRange(1, 8), help="Quantize the KV cache to this many bits.")
+@click.option("--kv-group-size", default=64, show_default=True, type=click.IntRange(min=1), help="Group size of KV quantization.")
+@click.option("--max-kv-size", default=None, type=click.IntRange(min=1), help="Rotating KV cache of this many tokens.")
+@click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1), help="Prompt tokens per forward pass.")
+def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt, ignore_chat_template, draft_model,
+             num_draft_tokens, kv_bits, kv_group_size, max_kv_size, prefill_step_size, **load_kw) -> None:  # fmt: skip
     """Generate text from a store, streaming experts; ends with one line of stats."""
-    from mlxstore import moe
-    from mlxstore.formats import StoreError
-    from mlxstore.moe.generate import Summary, build_prompt, generate_text
+    from mlxstore.formats import ChecksumError, StoreError
+    from mlxstore.moe.generate import Summary, build_prompt, generate_text, load_draft
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        model, tokenizer = moe.load(
-            model_path, memory_budget, slots_per_layer=slots_per_layer, max_context=max_context,
-            policy=policy, prefetch=prefetch or moe.DEFAULT_PREFETCH, page_cache=page_cache, check=check,
-        )  # fmt: skip
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
+    model, tokenizer, _, _ = load_store(load_kw)
+    draft = load_draft(draft_model) if draft_model else None
     if prompt == "-":
         prompt = sys.stdin.read()
     ids = build_prompt(tokenizer, prompt, chat_template=not ignore_chat_template, system_prompt=system_prompt)
     summary = Summary()
-    for text in generate_text(model, tokenizer, ids, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                              seed=seed, summary=summary):  # fmt: skip
-        click.echo(text, nl=False)
+    options = dict(max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+                   draft_model=draft, num_draft_tokens=num_draft_tokens, kv_bits=kv_bits,
+                   kv_group_size=kv_group_size, max_kv_size=max_kv_size, prefill_step_size=prefill_step_size)  # fmt: skip
+    try:
+        for text in generate_text(model, tokenizer, ids, summary=summary, **options):
+            click.echo(text, nl=False)
+    except ChecksumError as e:
+        from mlxstore.formats import StoreReader
+        from mlxstore.formats.reader import piece_file
+
+        with StoreReader(load_kw["model_path"]) as r:
+            files = sorted({f for what in e.names if (f := piece_file(r.index, what))})
+        raise click.ClickException(f"{e} in file {', '.join(files) or '?'} of {load_kw['model_path']}") from None
+    except (StoreError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
     click.echo()
     click.echo(summary.line(), err=True)

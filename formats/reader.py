@@ -208,6 +208,15 @@ class StoreReader:
             self.close()
 
 
+def piece_file(index: Index, what: str) -> str | None:
+    """The shard file holding the piece named `what` (as checks name pieces), or None."""
+    for t in index.tensors.values():
+        for i, p in enumerate(t.pieces):
+            if _piece_name(t, i) == what:
+                return index.shards[p.shard].name
+    return None
+
+
 def _piece_name(tensor: Tensor, i: int) -> str:
     if tensor.expert_group is not None:
         return f"tensor {tensor.name!r} expert {i}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx_lm
 from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
@@ -21,6 +22,17 @@ def build_prompt(tokenizer, prompt: str, *, chat_template: bool = True, system_p
         messages.append({"role": "user", "content": prompt})
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer.encode(prompt, add_special_tokens=not use_template)
+
+
+def load_draft(path: str) -> nn.Module:
+    """A draft model for speculative decoding: a store (resident) or an mlx-lm directory."""
+    from pathlib import Path
+
+    from mlxstore.model import load_model
+
+    if (Path(path) / "config.json").exists():
+        return mlx_lm.load(path)[0]
+    return load_model(path)[0]
 
 
 @dataclass
@@ -49,16 +61,23 @@ def generate_text(
     max_tokens: int = 256,
     temp: float = 0.0,
     top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
     seed: int | None = None,
     summary: Summary | None = None,
+    **generate_kw,
 ) -> Iterator[str]:
-    """Yield text segments; fill `summary` (speeds, hit rate, bytes read) when done."""
+    """Yield text segments; fill `summary` (speeds, hit rate, bytes read) when done.
+
+    generate_kw goes to mlx_lm's `stream_generate` (draft_model, num_draft_tokens,
+    kv_bits, kv_group_size, max_kv_size, prefill_step_size, prompt_cache).
+    """
     if seed is not None:
         mx.random.seed(seed)
-    sampler = make_sampler(temp=temp, top_p=top_p)
+    sampler = make_sampler(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
     stats(model, reset=True)
     last = None
-    for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler):
+    for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler, **generate_kw):
         last = response
         yield response.text
     if summary is not None and last is not None:
