@@ -26,14 +26,14 @@ class _LazyGroup(click.Group):
             return None
         return getattr(importlib.import_module(f"mlxstore.cli.{name}"), name)
 
-    def main(self, *args, **kwargs):
+    def invoke(self, ctx: click.Context):
         """Exit quietly with 0 when stdout is closed early (`mlxstore info STORE | head`)."""
         try:
-            return super().main(*args, **kwargs)
+            return super().invoke(ctx)
         except BrokenPipeError:
             devnull = os.open(os.devnull, os.O_WRONLY)  # the interpreter's last flush would fail again
             os.dup2(devnull, sys.stdout.fileno())
-            raise SystemExit(0) from None
+            ctx.exit(0)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
