@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,20 +20,13 @@ from pathlib import Path
 
 import click
 
+from mlxstore.sizes import parse_size  # the one size parser: "8GB" is 8e9, "8G" and "8GiB" 8 GiB
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 class CgroupUnavailable(RuntimeError):
     """No memory cgroup we may create children in (not root, no controller, read-only)."""
-
-
-def parse_size(text: str) -> int:
-    """'512M', '1.5G', '4GiB', '1000000' -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgtKMGT]?)(i?[bB])?\s*", text)
-    if not m:
-        raise ValueError(f"cannot parse memory size {text!r} (e.g. 512M, 4G, 1.5GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def _own_cgroup_paths(proc_cgroup: str) -> tuple[str | None, str | None]:

@@ -28,7 +28,8 @@ def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_
           prefill_step_size, log_level, **load_kw) -> None:  # fmt: skip
     """Serve STORE over HTTP: /v1/chat/completions, /v1/completions, /v1/models (OpenAI)
     and /v1/messages (Anthropic), with mlx_lm.server's request handling."""
-    from mlxstore.moe.server import ServeOptions, make_server, serve as run
+    from mlxstore.moe.server import ServeOptions, make_server
+    from mlxstore.moe.server import serve as run
 
     logging.basicConfig(level=getattr(logging, log_level), format="%(asctime)s %(message)s", stream=sys.stderr)
     model, tokenizer, name, reserved = load_store(load_kw, prompt_cache_bytes)

@@ -47,6 +47,7 @@ def test_parse_size() -> None:
     assert parse_size("1.5G") == 3 << 29
     assert parse_size("4GiB") == 4 << 30
     assert parse_size("64k") == 64 << 10
+    assert parse_size("8GB") == 8 * 10**9  # the project's one parser: GB is decimal, G and GiB binary
     with pytest.raises(ValueError):
         parse_size("lots")
 
