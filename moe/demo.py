@@ -20,6 +20,8 @@ from mlxstore.synth import make_model_dir
 from .load import load, plan_of, stats
 
 DEMO_ARCH = "qwen3_moe"
+DEMO_MAX_CONTEXT = 256
+DEMO_HEADROOM = "1MiB"
 DEMO_CONFIG = {"num_hidden_layers": 4, "num_experts": 32, "num_experts_per_tok": 4,
                "hidden_size": 256, "moe_intermediate_size": 256, "vocab_size": 512}  # fmt: skip
 
@@ -66,11 +68,14 @@ def run_demo(workdir: Path, *, max_tokens: int = 24, say: Callable[[str], None] 
     expert = sum(t.nbytes for t in tensors.values() if t.expert_group)
     dense = sum(t.nbytes for t in tensors.values() if not t.expert_group)
     budget = dense + expert // 4
-    say(f"store: {format_size(dense)} dense + {format_size(expert)} experts; streaming with a budget of "
-        f"{format_size(budget)} (dense + a quarter of the experts)")  # fmt: skip
-    model, tokenizer = load(store_path, memory_budget=budget, max_context=256, headroom=1 << 20)
+    say(f"store: {format_size(dense)} dense + {format_size(expert)} experts; budget {budget} bytes = dense + "
+        f"a quarter of the expert bytes, out of which the KV cache ({DEMO_MAX_CONTEXT} tokens) and "
+        f"{DEMO_HEADROOM} headroom come first")  # fmt: skip
+    model, tokenizer = load(store_path, memory_budget=budget, max_context=DEMO_MAX_CONTEXT, headroom=DEMO_HEADROOM)
     plan = plan_of(model)
-    say(plan.describe())
+    say(f"{plan.describe()}: what is left buys {plan.slots_per_layer} of {plan.num_experts} expert slots per layer")
+    say(f"the same run from the command line: mlxstore generate --model {store_path} --memory-budget {budget} "
+        f"--max-context {DEMO_MAX_CONTEXT} --headroom {DEMO_HEADROOM} --ignore-chat-template -p '...'")  # fmt: skip
     prompt = mx.array(tokenizer.encode("w11 w42 w7 w99 w256 w3 w18"), dtype=mx.int32)
     streamed_tokens, streamed_logits = _greedy_logits(model, prompt, max_tokens)
     st = stats(model).total
