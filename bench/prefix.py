@@ -70,10 +70,9 @@ def _side(store: Path, budget: str, cache: bool, system: str, turns: list[str], 
               show_default=True)  # fmt: skip
 def command(workdir: Path | None, max_tokens: int, json_out: str) -> None:
     """TTFT of turns 1..8 with and without the prefix cache (streamed synthetic qwen3_moe)."""
+    from mlxstore.moe.demo import DEMO_CONFIG as config
     from mlxstore.pack import pack
     from mlxstore.synth import make_model_dir
-
-    from mlxstore.moe.demo import DEMO_CONFIG as config
     with tempfile.TemporaryDirectory(prefix="mlxstore-prefix-") as tmp:
         root = Path(workdir or tmp)
         store = root / "store"
