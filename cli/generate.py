@@ -26,16 +26,25 @@ import click
 @click.option("--check", is_flag=True, help="Verify the checksum of every expert read.")
 def generate(model_path, prompt, max_tokens, temp, top_p, seed, system_prompt, ignore_chat_template,
              memory_budget, slots_per_layer, max_context, policy, prefetch, page_cache, check) -> None:  # fmt: skip
-    """Generate text from a store, streaming experts; ends with one line of stats."""
+    """Generate text from a store, streaming experts; ends with one line of stats.
+
+    Under `mlx.launch` the ranks run the model as a pipeline, each with its own budget;
+    rank 0 prints the text.
+    """
+    import mlx.core as mx
+
     from mlxstore import moe
     from mlxstore.formats import StoreError
     from mlxstore.moe.generate import Summary, build_prompt, generate_text
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    group = mx.distributed.init()
+    rank = f"rank {group.rank()}: " if group.size() > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s", stream=sys.stderr)
     try:
         model, tokenizer = moe.load(
             model_path, memory_budget, slots_per_layer=slots_per_layer, max_context=max_context,
             policy=policy, prefetch=prefetch or moe.DEFAULT_PREFETCH, page_cache=page_cache, check=check,
+            group=group,
         )  # fmt: skip
     except StoreError as e:
         raise click.ClickException(str(e)) from None
@@ -43,8 +52,15 @@ def generate(model_path, prompt, max_tokens, temp, top_p, seed, system_prompt, i
         prompt = sys.stdin.read()
     ids = build_prompt(tokenizer, prompt, chat_template=not ignore_chat_template, system_prompt=system_prompt)
     summary = Summary()
-    for text in generate_text(model, tokenizer, ids, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                              seed=seed, summary=summary):  # fmt: skip
-        click.echo(text, nl=False)
-    click.echo()
-    click.echo(summary.line(), err=True)
+    printing = group.rank() == 0
+    try:
+        for text in generate_text(model, tokenizer, ids, max_tokens=max_tokens, temp=temp, top_p=top_p,
+                                  seed=seed, summary=summary):  # fmt: skip
+            if printing:
+                click.echo(text, nl=False)
+        moe.pipeline.barrier(group)
+    except RuntimeError as e:  # a peer rank died: MLX's backends report it as RuntimeError
+        raise click.ClickException(f"{rank}generation stopped: {e}") from None
+    if printing:
+        click.echo()
+    click.echo(f"{rank}{summary.line()}", err=True)

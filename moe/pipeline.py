@@ -269,3 +269,9 @@ def all_or_none(group: mx.distributed.Group | None):
     if group is not None:
         agree(group, None)
         share_seed(group)
+
+
+def barrier(group: mx.distributed.Group | None) -> None:
+    """Wait for every rank: a rank must not exit while a step another rank runs still needs it."""
+    if group is not None and group.size() > 1:
+        mx.eval(mx.distributed.all_sum(mx.array(1), group=group, stream=mx.cpu))
