@@ -96,3 +96,18 @@ def test_split_balances_bytes():
     ranges = split([5, 1, 1, 1, 1, 1, 4], 3)
     assert ranges[0][0] == 0 and ranges[-1][1] == 7 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert max(sum([5, 1, 1, 1, 1, 1, 4][a:b]) for a, b in ranges) == 5
+
+
+def test_model_without_a_layer_list_is_refused():
+    import mlx.nn as nn
+
+    from mlxstore.formats import StoreError
+    from mlxstore.moe.pipeline import shard
+
+    class Args:
+        model_type = "no_layers"
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    model.args = Args()
+    with pytest.raises(StoreError, match="architecture 'no_layers' cannot run as a pipeline"):
+        shard(model, None, mx.distributed.init())
