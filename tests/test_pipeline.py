@@ -107,7 +107,7 @@ def test_model_without_a_layer_list_is_refused():
     class Args:
         model_type = "no_layers"
 
-    model = nn.Sequential(nn.Linear(4, 4))
+    model = nn.Linear(4, 4)
     model.args = Args()
     with pytest.raises(StoreError, match="architecture 'no_layers' cannot run as a pipeline"):
         shard(model, None, mx.distributed.init())
