@@ -29,12 +29,21 @@ from .options import load_options, load_store
 @click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1), help="Prompt tokens per forward pass.")
 def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt, ignore_chat_template, draft_model,
              num_draft_tokens, kv_bits, kv_group_size, max_kv_size, prefill_step_size, **load_kw) -> None:  # fmt: skip
-    """Generate text from a store, streaming experts; ends with one line of stats."""
+    """Generate text from a store, streaming experts; ends with one line of stats.
+
+    Under `mlx.launch` the ranks run the model as a pipeline, each with its own budget;
+    rank 0 prints the text.
+    """
+    import mlx.core as mx
+
+    from mlxstore import moe
     from mlxstore.formats import ChecksumError, StoreError
     from mlxstore.moe.generate import Summary, build_prompt, generate_text, load_draft
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    model, tokenizer, _, _ = load_store(load_kw)
+    group = mx.distributed.init()
+    rank = f"rank {group.rank()}: " if group.size() > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s", stream=sys.stderr)
+    model, tokenizer, _, _ = load_store(load_kw, group=group)
     draft = load_draft(draft_model) if draft_model else None
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -43,9 +52,12 @@ def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt,
     options = dict(max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
                    draft_model=draft, num_draft_tokens=num_draft_tokens, kv_bits=kv_bits,
                    kv_group_size=kv_group_size, max_kv_size=max_kv_size, prefill_step_size=prefill_step_size)  # fmt: skip
+    printing = group.rank() == 0
     try:
         for text in generate_text(model, tokenizer, ids, summary=summary, **options):
-            click.echo(text, nl=False)
+            if printing:
+                click.echo(text, nl=False)
+        moe.pipeline.barrier(group)
     except ChecksumError as e:
         from mlxstore.formats import StoreReader
         from mlxstore.formats.reader import piece_file
@@ -55,5 +67,8 @@ def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt,
         raise click.ClickException(f"{e} in file {', '.join(files) or '?'} of {load_kw['model_path']}") from None
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo()
-    click.echo(summary.line(), err=True)
+    except RuntimeError as e:  # a peer rank died: MLX's backends report it as RuntimeError
+        raise click.ClickException(f"{rank}generation stopped: {e}") from None
+    if printing:
+        click.echo()
+    click.echo(f"{rank}{summary.line()}", err=True)

@@ -52,11 +52,12 @@ def load_options(command):
     return command
 
 
-def load_store(kw: dict, prompt_cache_bytes: int | None = 0):
+def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
     """`(model, tokenizer, name, reserved)` from `load_options`' values; one-line errors.
 
     prompt_cache_bytes: bytes of the budget to reserve for a prefix cache; None reserves
-    one KV cache at --max-context (the server's default).
+    one KV cache at --max-context (the server's default). group: the distributed group
+    whose ranks run the model as a pipeline (None: one process).
     """
     from pathlib import Path
 
@@ -71,7 +72,7 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0):
             model, tokenizer = moe.load(
                 store, kw["memory_budget"], slots_per_layer=kw["slots_per_layer"], max_context=kw["max_context"],
                 headroom=kw["headroom"], policy=kw["policy"], prefetch=kw["prefetch"] or moe.DEFAULT_PREFETCH,
-                page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
+                page_cache=kw["page_cache"], check=kw["check"], reserve=reserved, group=group,
             )  # fmt: skip
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None

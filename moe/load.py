@@ -13,6 +13,7 @@ import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+import mlx.core as mx
 import mlx.nn as nn
 
 from mlxstore import osio
@@ -28,6 +29,7 @@ from mlxstore.model import (
 from mlxstore.store import Store
 from mlxstore.store import open as open_store
 
+from . import pipeline
 from .bank import BankOptions, ExpertBank
 from .discover import find_switches
 from .plan import DEFAULT_MAX_CONTEXT, Plan, kv_bytes_per_token, make_plan
@@ -61,6 +63,7 @@ def load(
     check: bool = False,
     tokenizer_config: dict | None = None,
     reserve: int | str = 0,
+    group: mx.distributed.Group | None = None,
 ):
     """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
 
@@ -71,27 +74,35 @@ def load(
     policy (moe.policy). prefetch: "none", "temporal" or "next-layer". page_cache:
     "keep" or "drop" a read expert's pages from the OS cache. check: verify the checksum
     of every expert read. reserve: bytes of the budget kept for the caller (the server's
-    prompt cache), not given to expert slots.
+    prompt cache), not given to expert slots. group: an `mx.distributed` group of more
+    than one rank runs the model as a pipeline (moe.pipeline): this rank loads and streams only its own layers,
+    under its own budget; every rank must call `load` and then run the same steps.
     """
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
     if page_cache not in ("keep", "drop"):
         raise ValueError(f"page_cache must be 'keep' or 'drop', got {page_cache!r}")
     owned = not isinstance(store, Store)
-    s = open_store(store) if owned else store
-    try:
-        return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-                     page_cache, io_threads, check, tokenizer_config, reserve)  # fmt: skip
-    finally:
-        if owned:  # the banks read through descriptors of their own
-            s.close()
+    group = group if group is not None and group.size() > 1 else None
+    with pipeline.all_or_none(group):
+        s = open_store(store) if owned else store
+        try:
+            return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
+                         page_cache, io_threads, check, tokenizer_config, reserve, group)  # fmt: skip
+        finally:
+            if owned:  # the banks read through descriptors of their own
+                s.close()
 
 
 def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-          page_cache, io_threads, check, tokenizer_config, reserve):  # fmt: skip
+          page_cache, io_threads, check, tokenizer_config, reserve, group):  # fmt: skip
     config = model_config(s)
     model = build_model(config, s.quantization)
-    names = set(s.tensor_names)
+    stage = pipeline.shard(model, s, group) if group is not None else None
+    names = {n for n in s.tensor_names if stage is None or stage.owns(n)}
+    if stage is not None:
+        log.info(pipeline.describe(stage))
+        config = pipeline.rank_config(config, stage)
     sites = find_switches(model)
     groups = s.expert_groups
     if not sites or not groups:
@@ -118,10 +129,10 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
     options = BankOptions(page_cache=page_cache, check=check)
     wrappers = []
     for site in sites:
-        group = groups[site.path]
-        tensors = [s.index.tensors[n] for n in group.tensors]
-        bank = ExpertBank(site.path, site.module, group, tensors,
-                          make_policy(policy, plan.slots_per_layer, group.num_experts),
+        expert_group = groups[site.path]
+        tensors = [s.index.tensors[n] for n in expert_group.tensors]
+        bank = ExpertBank(site.path, site.module, expert_group, tensors,
+                          make_policy(policy, plan.slots_per_layer, expert_group.num_experts),
                           fds, pool, options)  # fmt: skip
         wrapper = StreamingExperts(site.module, bank, prefetch)
         setattr(site.parent, site.attr, wrapper)
