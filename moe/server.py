@@ -29,6 +29,7 @@ from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
 from . import anthropic
 from .load import plan_of
+from .plan import DEFAULT_MAX_CONTEXT
 
 log = logging.getLogger("mlxstore")
 
@@ -38,7 +39,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     queue_size: int = 8  # requests waiting behind the running one(s); more get 503
-    max_context: int = 4096
+    max_context: int = DEFAULT_MAX_CONTEXT
     max_tokens: int = 512
     temp: float = 0.0
     top_p: float = 1.0
