@@ -1,9 +1,19 @@
 """One MoE layer's bank of expert slots and the reads that fill it.
 
 The bank replaces the layer's stacked `[num_experts, ...]` tensors by `[slots, ...]`
-arrays inside the same mlx-lm module. A miss reads the expert's one contiguous extent
-with a single scatter `preadv` straight into the slot rows of every part (weight,
-scales, biases...), so there is no staging copy and no page fault on the hot path.
+arrays inside the same mlx-lm module. Two ways to put a missed expert into its slot:
+
+- "direct" (unified memory: Apple GPUs, the CPU backend): one scatter `preadv` of the
+  expert's contiguous extent straight into the slot rows of every part (weight, scales,
+  biases...), through the bank's host view. No staging copy, no page fault.
+- "staged" (a GPU with memory of its own: CUDA): the layer's missed extents are read into
+  one fresh device array (`mlxstore.staged`, a single host-to-device copy), then copied
+  into the slots by MLX ops, ordered on the GPU stream after every kernel already queued.
+  The banks stay in device memory: a host view would turn them into managed memory, where
+  each host write migrates pages and each GPU read faults them back.
+
+Either way a slot is written only after the host has seen the router ids of the call
+that needs it, and every kernel that read the slot's old expert was queued before that.
 """
 
 from __future__ import annotations
@@ -14,9 +24,10 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_unflatten
 
-from mlxstore import osio
+from mlxstore import osio, staged
 from mlxstore.buffers import MX_DTYPES
 from mlxstore.formats import ChecksumError, ExpertGroup, StoreError, Tensor
 from mlxstore.formats.layout import xxh3
@@ -25,10 +36,22 @@ from .policy import SlotPolicy
 from .stats import LayerStats
 
 
+FILL_MODES = ("direct", "staged")
+
+
+def default_fill_mode() -> str:
+    """"staged" on a GPU that is not unified memory (CUDA), else "direct"."""
+    return "staged" if mx.default_device() == mx.gpu and not mx.metal.is_available() else "direct"
+
+
 @dataclass(frozen=True)
 class BankOptions:
-    page_cache: str = "keep"  # "keep" or "drop" the page cache after a miss read
-    check: bool = False  # verify xxh3 of every expert read (costs a hash pass)
+    """How a bank reads; `moe.load` holds the defaults."""
+
+    page_cache: str  # "keep" or "drop" the page cache after a miss read
+    check: bool  # verify xxh3 of every expert read (costs a hash pass)
+    fill: str  # "direct" or "staged" (see the module docstring)
+    io_threads: int  # reads of one call run on this many threads of the pool
 
 
 class ExpertBank:
@@ -57,14 +80,15 @@ class ExpertBank:
         self.stats = LayerStats()
         self.predicted: set[int] = set()
         self.fixed_slots: mx.array | None = None  # expert -> slot, once every expert is resident for good
-        self.arrays: list[mx.array] = []
-        self._rows: list[tuple[memoryview, int]] = []
+        self.arrays: list[mx.array] = []  # the module's own parameter objects
+        self._rows: list[tuple[memoryview, int]] = []  # host views (direct fill only)
         updates = []
         for t in tensors:
             arr = mx.zeros((self.num_slots, *t.shape[1:]), dtype=MX_DTYPES[t.dtype])
             mx.eval(arr)
             self.arrays.append(arr)
-            self._rows.append((memoryview(arr).cast("B"), t.nbytes // t.shape[0]))
+            if options.fill == "direct":
+                self._rows.append((memoryview(arr).cast("B"), t.nbytes // t.shape[0]))
             updates.append((t.name[len(group.prefix) + 1 :], arr))
         module.update(tree_unflatten(updates))
 
@@ -129,6 +153,16 @@ class ExpertBank:
         return slots
 
     def _read_all(self, misses: list[tuple[int, int]]) -> None:
+        if self.options.fill == "staged":
+            try:
+                self._stage(misses)
+            except BaseException as exc:  # every slot of the batch is suspect: empty them all
+                for _, s in misses:
+                    self.policy.forget(s)
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"{self.name}: reading experts {[e for e, _ in misses]} failed: {exc}") from exc
+            return
         if len(misses) == 1:
             jobs = [(misses[0], None)]
         else:
@@ -145,6 +179,26 @@ class ExpertBank:
             if isinstance(exc, StoreError):
                 raise exc
             raise StoreError(f"{self.name}: reading expert {e} failed: {exc}") from exc
+
+    def _stage(self, misses: list[tuple[int, int]]) -> None:
+        """All of a call's misses in one device array, then into their slots by MLX ops."""
+        extents = [self.group.extents[e] for e, _ in misses]
+        raw = staged.read_to_device(
+            [(self.fds[x.shard], x.offset, x.length, f"{self.name} expert {e}") for x, (e, _) in zip(extents, misses)],
+            self.pool, self.options.io_threads)  # fmt: skip
+        base = 0
+        for (e, s), extent in zip(misses, extents):
+            for t, arr in zip(self.tensors, self.arrays):
+                piece = t.pieces[e]
+                start = base + piece.offset - extent.offset
+                part = raw[start : start + piece.length]
+                if self.options.check and xxh3(memoryview(np.array(part))) != piece.xxh3:
+                    what = f"tensor {t.name!r} expert {e}"
+                    raise ChecksumError(f"{what}: checksum mismatch (data damaged on disk)", [what])
+                arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
+            if self.options.page_cache == "drop":
+                osio.advise_dontneed(self.fds[extent.shard], extent.offset, extent.length)
+            base += extent.length
 
     # ------------------------------------------------------------ prefetch
 

@@ -30,20 +30,18 @@ from mlxstore.store import Store
 from mlxstore.store import open as open_store
 
 from . import pipeline
-from .bank import BankOptions, ExpertBank
+from .bank import FILL_MODES, BankOptions, ExpertBank, default_fill_mode
 from .discover import find_switches
 from .plan import DEFAULT_MAX_CONTEXT, Plan, kv_bytes_per_token, make_plan
 from .policy import DEFAULT_POLICY, make_policy
 from .stats import StreamStats
-from .streaming import PREFETCH_MODES, NextLayer, StreamingExperts
+from .streaming import PASS_MODES, PREFETCH_MODES, NextLayer, StreamingExperts, default_pass_mode
 
 log = logging.getLogger("mlxstore")
 
-# Chosen from `python -m bench all --quick` (bench/results/latest.md, prefetch x page-cache
-# table on trace replay under a 3x memory cap, tok/s): none/drop 2.487, none/keep 2.478,
-# temporal/drop 2.491 (4 of 86 hints used: within noise, extra machinery), next-layer/drop
-# 2.391. Drop was at least as fast as keep in every run; WILLNEED hints did not pay for the
-# disk traffic they add, as flash-moe also measured.
+# Chosen from the prefetch x page-cache table of `python -m bench all --quick` (README,
+# "Choosing the defaults"): drop was at least as fast as keep, and WILLNEED hints did not
+# pay for the disk traffic they add.
 DEFAULT_PREFETCH = "none"
 DEFAULT_PAGE_CACHE = "drop"
 DEFAULT_IO_THREADS = 4
@@ -64,6 +62,8 @@ def load(
     tokenizer_config: dict | None = None,
     reserve: int | str = 0,
     group: mx.distributed.Group | None = None,
+    fill: str | None = None,
+    passes: str | None = None,
 ):
     """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
 
@@ -77,25 +77,35 @@ def load(
     prompt cache), not given to expert slots. group: an `mx.distributed` group of more
     than one rank runs the model as a pipeline (moe.pipeline): this rank loads and streams only its own layers,
     under its own budget; every rank must call `load` and then run the same steps.
+    fill: how a missed expert reaches its slot, "direct" (read into the slot's memory) or
+    "staged" (read into a fresh device array, copied in by MLX); None picks by backend
+    (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
+    (moe.streaming); None picks by backend.
     """
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
     if page_cache not in ("keep", "drop"):
         raise ValueError(f"page_cache must be 'keep' or 'drop', got {page_cache!r}")
+    fill = default_fill_mode() if fill is None else fill
+    if fill not in FILL_MODES:
+        raise ValueError(f"fill must be one of {FILL_MODES}, got {fill!r}")
+    passes = default_pass_mode() if passes is None else passes
+    if passes not in PASS_MODES:
+        raise ValueError(f"passes must be one of {PASS_MODES}, got {passes!r}")
     owned = not isinstance(store, Store)
     group = group if group is not None and group.size() > 1 else None
     with pipeline.all_or_none(group):
         s = open_store(store) if owned else store
         try:
             return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-                         page_cache, io_threads, check, tokenizer_config, reserve, group)  # fmt: skip
+                         page_cache, io_threads, check, tokenizer_config, reserve, group, fill, passes)  # fmt: skip
         finally:
             if owned:  # the banks read through descriptors of their own
                 s.close()
 
 
 def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-          page_cache, io_threads, check, tokenizer_config, reserve, group):  # fmt: skip
+          page_cache, io_threads, check, tokenizer_config, reserve, group, fill, passes):  # fmt: skip
     config = model_config(s)
     model = build_model(config, s.quantization)
     stage = pipeline.shard(model, s, group) if group is not None else None
@@ -126,7 +136,7 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
     weakref.finalize(model, _release, pool, fds)  # threads and descriptors live as long as the model
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
         osio.set_nocache(fd, page_cache == "drop")
-    options = BankOptions(page_cache=page_cache, check=check)
+    options = BankOptions(page_cache=page_cache, check=check, fill=fill, io_threads=io_threads)
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]
@@ -134,7 +144,7 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
                           make_policy(policy, plan.slots_per_layer, expert_group.num_experts),
                           fds, pool, options)  # fmt: skip
-        wrapper = StreamingExperts(site.module, bank, prefetch)
+        wrapper = StreamingExperts(site.module, bank, prefetch, passes)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
     for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):

@@ -18,6 +18,8 @@ class LayerStats:
     prefetch_used: int = 0  # prefetched experts that a later call of the layer missed on
     calls: int = 0
     passes: int = 0  # passes run by calls that needed more experts than slots
+    sync_seconds: float = 0.0  # waiting for the router's ids to reach the host
+    host_seconds: float = 0.0  # the layer's own host work: lookups, slot ids, graph (reads apart)
 
     def add(self, other: LayerStats) -> None:
         for f in fields(self):

@@ -3,14 +3,21 @@
 Router output is data: it is read to the host once per MoE layer (the one sync), mapped
 to slots, missing experts are read, and the original mlx-lm module runs unchanged on slot
 ids instead of expert ids. When one call needs more distinct experts than there are slots
-(a long prompt chunk), the layer runs in passes over groups of experts, each pass computing
-only its own (token, expert) rows. A decode call computes its resident experts' rows while
-the missing ones are read. Every row is the same vector-matrix product, on the same
-(sorted or unsorted) kernel path, as in the resident model, so the output is identical.
+(a long prompt chunk), the layer runs in passes over groups of experts.
+
+Exactness is a property of the calls, not of one backend's kernels: a quantized matmul
+picks its kernel from the shape of the call (CUDA's `gather_qmm`, for one, switches from
+a vector to a matrix kernel at eight rows), and kernels round differently. So every call
+of the switch module here has the shapes of the resident model's call, with slot ids in
+place of expert ids, and runs once every slot it reads holds its expert. Passes keep that
+shape too ("full"): the rows of experts outside a pass are pointed at one of its slots and
+their results are discarded. Where a backend's kernel is known to compute each row alone
+(the CPU backend), passes may instead run only their own rows ("rows"), which is cheaper.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -23,7 +30,13 @@ from .bank import ExpertBank
 from .discover import predict_experts
 
 PREFETCH_MODES = ("none", "temporal", "next-layer")
+PASS_MODES = ("full", "rows")
 SORT_THRESHOLD = 64  # mlx-lm's SwitchGLU/SwitchMLP sort rows by expert from this many on
+
+
+def default_pass_mode() -> str:
+    """"rows" where every quantized-matmul row is computed alone (the CPU backend), else "full"."""
+    return "rows" if mx.default_device() == mx.cpu else "full"
 
 
 @dataclass
@@ -38,93 +51,100 @@ class NextLayer:
 class StreamingExperts(nn.Module):
     """Wraps an mlx-lm SwitchGLU / SwitchMLP whose expert tensors are a slot bank."""
 
-    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str = "none"):
+    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str = "none", passes: str = "full"):
         super().__init__()
         self.inner = inner
+        # Plain attributes, not module members: nn.Module would register these as children
+        # or parameters (and save, load and quantize them with the weights).
         object.__setattr__(self, "bank", bank)
         object.__setattr__(self, "prefetch", prefetch)
+        object.__setattr__(self, "passes", passes)
         object.__setattr__(self, "next_layer", None)
         object.__setattr__(self, "_previous", np.empty(0, dtype=np.int64))
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         bank: ExpertBank = self.bank
+        st = bank.stats
         if bank.fixed_slots is not None and indices.size == indices.shape[-1]:
             # Every expert is resident for good and one token picks k distinct ones: map
             # ids to slots on the device, with no host sync (decode runs like resident).
             k = indices.shape[-1]
-            bank.stats.calls += 1
-            bank.stats.requests += k
-            bank.stats.hits += k
+            st.calls += 1
+            st.requests += k
+            st.hits += k
             return self.inner(x, bank.fixed_slots[indices].astype(indices.dtype))
         nxt: NextLayer | None = self.next_layer
+        t0 = time.perf_counter()
         if self.prefetch == "next-layer" and nxt is not None:
             predicted = predict_experts(nxt.router, x, nxt.top_k)
             mx.eval(indices, predicted)  # one sync for both
             nxt.bank.hint(np.unique(np.array(predicted)))
         ids = np.array(indices)  # the one host sync of this layer
+        t1 = time.perf_counter()
         experts = np.unique(ids)
         if experts.size and (experts[0] < 0 or experts[-1] >= bank.num_experts):
             raise StoreError(f"{bank.name}: router chose expert {experts[-1]}, the layer has {bank.num_experts}")
+        waited = st.wait_seconds
         if experts.size <= bank.num_slots:
-            out = self._run(x, ids, indices.dtype, experts)
+            slots = bank.ensure(experts.tolist())
+            slot_ids = np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)]
+            out = self.inner(x, mx.array(slot_ids, dtype=indices.dtype))
+        elif self.passes == "rows":
+            out = self._run_row_passes(x, ids, indices.dtype, experts)
         else:
-            out = self._run_passes(x, ids, indices.dtype, experts)
+            out = self._run_full_passes(x, ids, indices.dtype, experts)
         if self.prefetch == "temporal":
             bank.hint(np.setdiff1d(self._previous, experts, assume_unique=True))
             object.__setattr__(self, "_previous", experts)
         mx.async_eval(out)  # the experts compute while Python builds the next layer's graph
+        t2 = time.perf_counter()
+        st.sync_seconds += t1 - t0
+        st.host_seconds += (t2 - t1) - (st.wait_seconds - waited)
         return out
 
-    def _slot_ids(self, ids: np.ndarray, experts: np.ndarray, slots: list[int]) -> np.ndarray:
-        return np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)]
-
-    def _run(self, x, ids, dtype, experts) -> mx.array:
-        bank = self.bank
-        slots, misses = bank.lookup(experts.tolist())
-        slot_ids = self._slot_ids(ids, experts, slots)
-        if not misses or ids.size >= SORT_THRESHOLD:
-            bank.fill(misses)
-            return self.inner(x, mx.array(slot_ids, dtype=dtype))
-        # Decode: compute the rows whose experts are resident while the misses are read.
-        rows = _rows(x, ids)
-        missed = np.isin(ids.reshape(-1), [e for e, _ in misses])
-        flat_slots = slot_ids.reshape(-1)
-        parts, order = [], []
-        hit_pos = np.flatnonzero(~missed)
-        if hit_pos.size:
-            parts.append(self._rows_through(rows, hit_pos, flat_slots[hit_pos], dtype, False))
-            mx.async_eval(parts[-1])
-            order.append(hit_pos)
-        bank.fill(misses)
-        miss_pos = np.flatnonzero(missed)
-        parts.append(self._rows_through(rows, miss_pos, flat_slots[miss_pos], dtype, False))
-        order.append(miss_pos)
-        return _assemble(parts, order, ids)
-
-    def _run_passes(self, x, ids, dtype, experts) -> mx.array:
+    def _groups(self, experts: np.ndarray):
+        """Distinct experts in groups of at most `num_slots`, resident ones first, each
+        group made resident in turn (the next group may evict the previous one's)."""
         bank = self.bank
         resident = bank.policy.resident()
-        ordered = sorted(experts.tolist(), key=lambda e: e not in resident)  # hits first
+        ordered = sorted(experts.tolist(), key=lambda e: e not in resident)
+        for start in range(0, len(ordered), bank.num_slots):
+            group = np.array(sorted(ordered[start : start + bank.num_slots]), dtype=experts.dtype)
+            yield group, np.asarray(bank.ensure(group.tolist()), dtype=np.uint32)
+            bank.stats.passes += 1
+
+    def _run_full_passes(self, x, ids, dtype, experts) -> mx.array:
+        """Each pass runs the whole call; rows of other groups use this group's first slot."""
+        out = None
+        for group, slots in self._groups(experts):
+            table = np.full(self.bank.num_experts, slots[0], dtype=np.uint32)
+            table[group] = slots
+            y = self.inner(x, mx.array(table[ids], dtype=dtype))
+            out = y if out is None else mx.where(mx.array(np.isin(ids, group))[..., None], y, out)
+            mx.eval(out)  # the next pass overwrites slots this one reads
+        return out
+
+    def _run_row_passes(self, x, ids, dtype, experts) -> mx.array:
+        """Each pass runs only its own (token, rank) rows, one expert each."""
         flat = ids.reshape(-1)
         rows = _rows(x, ids)
         sort_like = ids.size >= SORT_THRESHOLD
         parts, order = [], []
-        for start in range(0, len(ordered), bank.num_slots):
-            group = np.array(sorted(ordered[start : start + bank.num_slots]), dtype=ids.dtype)
-            slots = bank.ensure(group.tolist())
+        for group, slots in self._groups(experts):
             pos = np.flatnonzero(np.isin(flat, group))
-            y = self._rows_through(rows, pos, self._slot_ids(flat[pos], group, slots), dtype, sort_like)
+            y = self._rows_through(rows, pos, slots[np.searchsorted(group, flat[pos])], dtype, sort_like)
             mx.eval(y)  # the next pass overwrites slots this one reads
             parts.append(y)
             order.append(pos)
-            bank.stats.passes += 1
-        return _assemble(parts, order, ids)
+        y = mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        inverse = np.argsort(np.concatenate(order))
+        return y[mx.array(inverse)].reshape(*ids.shape, y.shape[-1])
 
     def _rows_through(self, rows, pos, slots, dtype, sort_like: bool) -> mx.array:
         """The switch module on the (token, rank) rows `pos`, one expert each: [len(pos), D].
 
         Padded to mlx-lm's sorting threshold when the whole call would have sorted, so
-        every row goes through the same kernel path as in the resident model.
+        every row takes the sorted path as in the resident model.
         """
         n = pos.size
         if sort_like and n < SORT_THRESHOLD:
@@ -138,10 +158,3 @@ def _rows(x: mx.array, ids: np.ndarray) -> mx.array:
     """x repeated once per (token, rank): [ids.size, D]."""
     flat = x.reshape(-1, x.shape[-1])
     return flat[mx.array(np.repeat(np.arange(flat.shape[0]), ids.shape[-1]))]
-
-
-def _assemble(parts: list[mx.array], order: list[np.ndarray], ids: np.ndarray) -> mx.array:
-    """Rows back in (token, rank) order, shaped like the switch module's output [..., k, D]."""
-    y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
-    inverse = np.argsort(np.concatenate(order))
-    return y[mx.array(inverse)].reshape(*ids.shape, y.shape[-1])

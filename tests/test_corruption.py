@@ -61,7 +61,8 @@ def _banks(model) -> dict:
     return {m.bank.name: m.bank for _, m in model.named_modules() if hasattr(m, "bank")}
 
 
-def _check_named_everywhere(store: Path, what: str, tensor: str | None, expert: int | None) -> None:
+def _check_named_everywhere(store: Path, what: str, tensor: str | None, expert: int | None,
+                            fill: str = "direct") -> None:  # fmt: skip
     r = CliRunner().invoke(main, ["verify", "-q", str(store)])
     assert r.exit_code == 1, r.output
     assert [line for line in r.output.splitlines() if line.startswith("damaged:")] == [f"damaged: {what}"]
@@ -72,7 +73,7 @@ def _check_named_everywhere(store: Path, what: str, tensor: str | None, expert: 
     if expert is None:  # dense weights and the tokenizer are read by moe.load itself
         _refused(lambda: moe.load(store, slots_per_layer=2, check=True), what)
         return
-    model, _ = moe.load(store, slots_per_layer=2, check=True)
+    model, _ = moe.load(store, slots_per_layer=2, check=True, fill=fill)
     group = mlxstore.open(store).tensor(tensor).expert_group
     bank = _banks(model)[group]
     _refused(lambda: bank.ensure([expert]), what)
@@ -96,15 +97,16 @@ def test_one_flipped_byte_is_named_by_verify_and_every_loader(stores, data):
         _flip(store / file, at, mask)
 
 
+@pytest.mark.parametrize("fill", ["direct", "staged"])
 @pytest.mark.parametrize("where", ["first", "last"])
-def test_first_and_last_byte_of_an_expert(stores, where):
+def test_first_and_last_byte_of_an_expert(stores, where, fill):
     store = stores["single"]
     items = [x for x in _items(store) if x[2] is not None]
     what, tensor, expert, file, offset, length = items[len(items) // 2]
     at = offset if where == "first" else offset + length - 1
     _flip(store / file, at, 0x80)
     try:
-        _check_named_everywhere(store, what, tensor, expert)
+        _check_named_everywhere(store, what, tensor, expert, fill)
     finally:
         _flip(store / file, at, 0x80)
 

@@ -74,6 +74,65 @@ def test_streamed_logits_bit_identical(models, arch):
             assert total.passes > 0
 
 
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss", "deepseek_v3"])
+@pytest.mark.parametrize("fill, passes", [("staged", "full"), ("direct", "rows"), ("staged", "rows")])
+def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes):
+    """Every way of filling slots and running passes gives the resident logits (the default
+    pair of this backend runs in test_streamed_logits_bit_identical)."""
+    src, store = models[arch]
+    cfg = tiny_config(arch)
+    resident, _ = mlx_lm.load(str(src))
+    for n, seed in ((24, 0), (5, 1)):  # sorted and unsorted switch calls
+        prompt = _prompt(n, seed=seed)
+        want = _logits_trace(resident, prompt, steps=4)
+        for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2):
+            model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes)
+            got = _logits_trace(model, prompt, steps=4)
+            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes} slots={slots}"
+
+
+class _ShapeSpy:
+    """Records the (x, indices) shapes of every call of a switch module."""
+
+    def __init__(self, module, log: list):
+        self.module, self.log = module, log
+
+    def __call__(self, x, indices):
+        self.log.append((tuple(x.shape), tuple(indices.shape)))
+        return self.module(x, indices)
+
+
+def _spy_switches(model) -> list:
+    from mlxstore.moe.discover import find_switches
+
+    log: list = []
+    for site in find_switches(model):
+        setattr(site.parent, site.attr, _ShapeSpy(getattr(site.parent, site.attr), log))
+    return log
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
+def test_switch_calls_keep_resident_shapes(models, arch):
+    """Kernels are chosen by call shape (CUDA's gather_qmm changes kernel at 8 rows), so the
+    streamed model calls each switch module with exactly the resident call's shapes, at
+    every bank size: a hit/miss split or a pass over a subset of rows would change them."""
+    src, store = models[arch]
+    cfg = tiny_config(arch)
+    resident, _ = mlx_lm.load(str(src))
+    want = _spy_switches(resident)
+    prompt = _prompt(24)
+    _logits_trace(resident, prompt, steps=4)
+    for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2, _num_experts(cfg)):
+        model, _ = moe.load(store, slots_per_layer=slots, passes="full")
+        got = []
+        for _, m in model.named_modules():
+            if hasattr(m, "bank"):
+                m.inner = _ShapeSpy(m.inner, got)
+        _logits_trace(model, prompt, steps=4)
+        assert set(got) == set(want), f"slots={slots}"
+        assert moe.stats(model).total.misses > 0
+
+
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
 def test_generate_same_tokens_greedy_and_sampled(models, arch):
     src, store = models[arch]

@@ -86,10 +86,11 @@ def reference(model_dir, store_dir):
     return store, prompts, [_logits(resident, p) for p in prompts]
 
 
+@pytest.mark.parametrize("fill", ["direct", "staged"])
 @pytest.mark.parametrize("mode, match", [("eio", "Input/output error"), ("eof", "short read")])
-def test_fault_raises_leaves_banks_consistent_and_next_call_succeeds(reference, monkeypatch, mode, match):
+def test_fault_raises_leaves_banks_consistent_and_next_call_succeeds(reference, monkeypatch, mode, match, fill):
     store, prompts, want = reference
-    model, _ = moe.load(store, slots_per_layer=4)
+    model, _ = moe.load(store, slots_per_layer=4, fill=fill)
     assert np.array_equal(_logits(model, prompts[0]), want[0])
     fault = FaultyPreadv(mode, every=3)
     monkeypatch.setattr(os, "preadv", fault)
@@ -107,9 +108,10 @@ def test_fault_raises_leaves_banks_consistent_and_next_call_succeeds(reference, 
     assert total.hits + total.misses == total.requests
 
 
-def test_partial_reads_are_completed(reference, monkeypatch):
+@pytest.mark.parametrize("fill", ["direct", "staged"])
+def test_partial_reads_are_completed(reference, monkeypatch, fill):
     store, prompts, want = reference
-    model, _ = moe.load(store, slots_per_layer=4)
+    model, _ = moe.load(store, slots_per_layer=4, fill=fill)
     fault = FaultyPreadv("partial", every=1)  # every read comes back half-filled
     monkeypatch.setattr(os, "preadv", fault)
     for p, w in zip(prompts, want):
