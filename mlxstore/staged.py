@@ -25,7 +25,7 @@ _SPLIT = 1 << 20  # reads at least this large are split over the pool's threads
 
 def _npy_header(length: int) -> bytes:
     """Header of a version-1 `.npy` file holding `length` uint8 values (64-byte padded)."""
-    text = "{'descr': '|u1', 'fortran_order': False, 'shape': (%d,), }" % length
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({length},), }}"
     pad = -(10 + len(text) + 1) % 64
     text = text + " " * pad + "\n"
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")

@@ -35,7 +35,6 @@ from mlxstore.formats.layout import xxh3
 from .policy import SlotPolicy
 from .stats import LayerStats
 
-
 FILL_MODES = ("direct", "staged")
 
 
