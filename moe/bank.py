@@ -78,7 +78,10 @@ class ExpertBank:
         self.options = options
         self.stats = LayerStats()
         self.predicted: set[int] = set()
-        self.fixed_slots: mx.array | None = None  # expert -> slot, once every expert is resident for good
+        # Once every expert is resident for good: expert -> slot on the device, or
+        # `identity` when expert e sits in slot e (the router's ids are slot ids).
+        self.fixed_slots: mx.array | None = None
+        self.identity = False
         self.arrays: list[mx.array] = []  # the module's own parameter objects
         self._rows: list[tuple[memoryview, int]] = []  # host views (direct fill only)
         updates = []
@@ -141,7 +144,9 @@ class ExpertBank:
         if misses and self.num_slots >= self.num_experts:
             resident = self.policy.resident()
             if len(resident) == self.num_experts:  # no eviction can ever happen again
-                table = mx.array([resident[e] for e in range(self.num_experts)], dtype=mx.uint32)
+                order = [resident[e] for e in range(self.num_experts)]
+                self.identity = order == list(range(self.num_experts))
+                table = mx.array(order, dtype=mx.uint32)
                 mx.eval(table)
                 self.fixed_slots = table
 

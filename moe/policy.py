@@ -96,7 +96,7 @@ class _SlotTable:
                 s = slot_of.get(e)  # a duplicate id placed earlier in this loop
                 if s is None:
                     e = int(e)
-                    s = self._free.pop() if self._free else self._evict(call)
+                    s = self._place(e, call)
                     slot_of[e] = s
                     self._expert_at[s] = e
                     last[e] = call
@@ -105,6 +105,15 @@ class _SlotTable:
                 slots[i] = s
         self._end_call()
         return slots, misses
+
+    def _place(self, e: int, call: int) -> int:
+        """A slot for missed expert `e`: its own slot `e` when the bank has one for every
+        expert (the mapping is then the identity, and a full bank needs none), else an
+        empty slot, else a victim's."""
+        if self.num_slots >= self.num_experts and e in self._free:
+            self._free.remove(e)
+            return e
+        return self._free.pop() if self._free else self._evict(call)
 
     def _evict(self, call: int) -> int:
         victim = self._victim(call)

@@ -19,7 +19,8 @@ class LayerStats:
     calls: int = 0
     passes: int = 0  # passes run by calls that needed more experts than slots
     sync_seconds: float = 0.0  # waiting for the router's ids to reach the host
-    host_seconds: float = 0.0  # the layer's own host work: lookups, slot ids, graph (reads apart)
+    host_seconds: float = 0.0  # the layer's own host work: ids to slots, lookups (reads apart)
+    graph_seconds: float = 0.0  # building and launching the switch module's graph (resident pays it too)
 
     def add(self, other: LayerStats) -> None:
         for f in fields(self):

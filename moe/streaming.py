@@ -65,13 +65,14 @@ class StreamingExperts(nn.Module):
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         bank: ExpertBank = self.bank
         st = bank.stats
-        if bank.fixed_slots is not None and indices.size == indices.shape[-1]:
-            # Every expert is resident for good and one token picks k distinct ones: map
-            # ids to slots on the device, with no host sync (decode runs like resident).
-            k = indices.shape[-1]
+        if bank.fixed_slots is not None:
+            # Every expert is resident for good: no host sync, the call runs as resident
+            # (requests then count (token, rank) rows, as nothing is read to count experts).
             st.calls += 1
-            st.requests += k
-            st.hits += k
+            st.requests += indices.size
+            st.hits += indices.size
+            if bank.identity:
+                return self.inner(x, indices)
             return self.inner(x, bank.fixed_slots[indices].astype(indices.dtype))
         nxt: NextLayer | None = self.next_layer
         t0 = time.perf_counter()
@@ -81,25 +82,28 @@ class StreamingExperts(nn.Module):
             nxt.bank.hint(np.unique(np.array(predicted)))
         ids = np.array(indices)  # the one host sync of this layer
         t1 = time.perf_counter()
-        experts = np.unique(ids)
+        # Decode calls are a handful of ids: a Python set beats np.unique there.
+        experts = np.unique(ids) if ids.size > SORT_THRESHOLD else np.array(sorted(set(ids.ravel().tolist())))
         if experts.size and (experts[0] < 0 or experts[-1] >= bank.num_experts):
             raise StoreError(f"{bank.name}: router chose expert {experts[-1]}, the layer has {bank.num_experts}")
         waited = st.wait_seconds
-        if experts.size <= bank.num_slots:
-            slots = bank.ensure(experts.tolist())
-            slot_ids = np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)]
-            out = self.inner(x, mx.array(slot_ids, dtype=indices.dtype))
-        elif self.passes == "rows":
-            out = self._run_row_passes(x, ids, indices.dtype, experts)
-        else:
-            out = self._run_full_passes(x, ids, indices.dtype, experts)
         if self.prefetch == "temporal":
             bank.hint(np.setdiff1d(self._previous, experts, assume_unique=True))
             object.__setattr__(self, "_previous", experts)
+        if experts.size <= bank.num_slots:
+            slots = bank.ensure(experts.tolist())
+            slot_ids = mx.array(np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)], dtype=indices.dtype)
+            t2, waited2 = time.perf_counter(), st.wait_seconds
+            out = self.inner(x, slot_ids)
+        else:
+            t2, waited2 = time.perf_counter(), st.wait_seconds
+            run = self._run_row_passes if self.passes == "rows" else self._run_full_passes
+            out = run(x, ids, indices.dtype, experts)
         mx.async_eval(out)  # the experts compute while Python builds the next layer's graph
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         st.sync_seconds += t1 - t0
-        st.host_seconds += (t2 - t1) - (st.wait_seconds - waited)
+        st.host_seconds += (t2 - t1) - (waited2 - waited)
+        st.graph_seconds += (t3 - t2) - (st.wait_seconds - waited2)
         return out
 
     def _groups(self, experts: np.ndarray):

@@ -227,3 +227,15 @@ def test_long_run_stays_bounded(name: str) -> None:
     assert len(p.resident()) == 8
     heap = getattr(p, "_heap", [])
     assert len(heap) <= 4 * 8 + 64 + 8
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_full_bank_places_each_expert_in_its_own_slot(name) -> None:
+    """A slot for every expert: expert e goes to slot e, so the router's ids are slot ids."""
+    policy = make_policy(name, 8, 8)
+    for call in ([5, 1], [7], [0, 2, 3], [4, 6]):
+        slots, misses = policy.lookup(call)
+        assert slots == call and misses == [(e, e) for e in call]
+    assert policy.resident() == {e: e for e in range(8)}
+    policy.forget(3)
+    assert policy.lookup([3]) == ([3], [(3, 3)])
