@@ -239,6 +239,13 @@ def make_model_dir(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with mx.stream(mx.cpu):  # the same bytes on every backend (random draws, quantization)
+        return _write_model_dir(arch, out, quantize, mode, bits, group_size, mixed, shards, seed, dtype,
+                                config_overrides)  # fmt: skip
+
+
+def _write_model_dir(arch, out, quantize, mode, bits, group_size, mixed, shards, seed, dtype,
+                     config_overrides) -> Path:  # fmt: skip
     config = tiny_config(arch, **(config_overrides or {}))
     model = build(config, seed)
     cast(model, getattr(mx, dtype))

@@ -20,14 +20,14 @@ def _setup_commands() -> list[str]:
 def test_readme_starts_with_two_setup_commands():
     commands = _setup_commands()
     assert len(commands) == 2
-    assert commands[0] == "pip install -e . && mlxstore demo"
-    assert commands[1].startswith('pip install -e ".[test]" && python -m pytest')
+    assert commands[0] == 'pip install -e ".[cpu]" && mlxstore demo'
+    assert commands[1].startswith('pip install -e ".[cpu,test]" && python -m pytest')
 
 
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and "grep" in ci
-    assert re.search(r"^pip install -e \"\.\[test\]\"", _setup_commands()[1])
+    assert re.search(r"^pip install -e \"\.\[cpu,test\]\"", _setup_commands()[1])
 
 
 def test_demo_command_is_registered():
