@@ -20,7 +20,7 @@ import mlx.core as mx
 
 from mlxstore import osio
 
-_SPLIT = 1 << 20  # reads at least this large are split over the pool's threads
+_SPLIT = 256 << 10  # a read is split over the pool's threads in parts of at least this
 
 
 def _npy_header(length: int) -> bytes:
