@@ -43,8 +43,8 @@ def load_options(command):
                      help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
         click.option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), default=None,
                      help="Expert prefetch hints (default: none)."),
-        click.option("--page-cache", type=click.Choice(["keep", "drop"]), default="drop", show_default=True,
-                     help="Drop a read expert's pages from the OS cache, or keep them."),
+        click.option("--page-cache", type=click.Choice(["keep", "drop"]), default=None,
+                     help="Keep a read expert's pages in the OS cache (default), or drop them."),
         click.option("--check", is_flag=True, help="Verify the checksum of every expert read."),
     ]  # fmt: skip
     for option in reversed(options):

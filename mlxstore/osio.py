@@ -190,6 +190,27 @@ def _iov_max() -> int:
         return 16
 
 
+def split_reads(offset: int, buffers: Sequence, parts: int, min_part: int) -> list[tuple[int, list[memoryview]]]:
+    """One contiguous read of `buffers` from `offset` as up to `parts` reads of at least
+    `min_part` bytes, each `(offset, views)`: run them in parallel to deepen the queue."""
+    views = _byte_views(buffers)
+    total = sum(v.nbytes for v in views)
+    n = max(1, min(parts, total // max(1, min_part)))
+    step = -(-total // n)
+    out, current, size, pos = [], [], 0, offset
+    for v in views:
+        while v.nbytes:
+            take = min(v.nbytes, step - size)
+            current.append(v[:take])
+            v, size = v[take:], size + take
+            if size == step:
+                out.append((pos, current))
+                pos, current, size = pos + step, [], 0
+    if current:
+        out.append((pos, current))
+    return out
+
+
 def read_extent_into(fd: int, offset: int, buffers: Sequence, what: str = "store file") -> int:
     """Fill `buffers` in order from the contiguous file range starting at `offset`.
 

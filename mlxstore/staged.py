@@ -20,8 +20,6 @@ import mlx.core as mx
 
 from mlxstore import osio
 
-_SPLIT = 256 << 10  # a read is split over the pool's threads in parts of at least this
-
 
 def _npy_header(length: int) -> bytes:
     """Header of a version-1 `.npy` file holding `length` uint8 values (64-byte padded)."""
@@ -34,13 +32,14 @@ def _npy_header(length: int) -> bytes:
 class _ExtentsFile(io.RawIOBase):
     """A read-only file: an `.npy` header, then the bytes of each (fd, offset, length) in turn."""
 
-    def __init__(self, extents: Sequence[tuple[int, int, int, str]], pool: Executor | None, threads: int):
+    def __init__(self, extents: Sequence[tuple[int, int, int, str]], pool: Executor | None, threads: int,
+                 min_part: int):  # fmt: skip
         super().__init__()
         self._extents = list(extents)
         self._length = sum(e[2] for e in self._extents)
         self._header = _npy_header(self._length)
         self._pos = 0
-        self._pool, self._threads = pool, threads
+        self._pool, self._threads, self._min_part = pool, threads, min_part
         self.error: BaseException | None = None
 
     def readable(self) -> bool:
@@ -82,17 +81,15 @@ class _ExtentsFile(io.RawIOBase):
         for fd, offset, length, what in self._extents:
             lo, hi = max(start, pos), min(end, pos + length)
             if lo < hi:
-                piece = data[lo - start : hi - start]
-                parts = max(1, min(self._threads, piece.nbytes // _SPLIT))
-                step = -(-piece.nbytes // parts)
-                for a in range(0, piece.nbytes, step):
-                    jobs.append((fd, offset + lo - pos + a, piece[a : a + step], what))
+                for off, views in osio.split_reads(offset + lo - pos, [data[lo - start : hi - start]],
+                                                   self._threads, self._min_part):  # fmt: skip
+                    jobs.append((fd, off, views, what))
             pos += length
         if self._pool is None or len(jobs) == 1:
-            for fd, offset, view, what in jobs:
-                osio.read_extent_into(fd, offset, [view], what)
+            for fd, offset, views, what in jobs:
+                osio.read_extent_into(fd, offset, views, what)
             return
-        futures = [self._pool.submit(osio.read_extent_into, fd, off, [view], what) for fd, off, view, what in jobs]
+        futures = [self._pool.submit(osio.read_extent_into, fd, off, views, what) for fd, off, views, what in jobs]
         for future in futures:
             future.result()
 
@@ -101,15 +98,16 @@ def read_to_device(
     extents: Sequence[tuple[int, int, int, str]],
     pool: Executor | None = None,
     threads: int = 1,
+    min_part: int = 1 << 20,
 ) -> mx.array:
     """The bytes of each `(fd, offset, length, what)` extent, concatenated, as an evaluated
     flat uint8 array on the device.
 
     One `mx.load` (one host-to-device copy, one wait) for all of them; the reads run on
-    `pool`, large extents split over `threads`. A failed read raises its `StoreError`,
-    which names `what`.
+    `pool`, each split in up to `threads` parts of at least `min_part` bytes. A failed
+    read raises its `StoreError`, which names `what`.
     """
-    f = _ExtentsFile(extents, pool, threads)
+    f = _ExtentsFile(extents, pool, threads, min_part)
     try:
         return mx.load(f, format="npy")
     except RuntimeError:

@@ -36,6 +36,7 @@ from .policy import SlotPolicy
 from .stats import LayerStats
 
 FILL_MODES = ("direct", "staged")
+READ_PART = 256 << 10  # a miss read is split over the pool's threads in parts of at least this
 
 
 def default_fill_mode() -> str:
@@ -96,24 +97,27 @@ class ExpertBank:
 
     # ------------------------------------------------------------ reads
 
-    def _read(self, expert: int, slot: int) -> None:
-        extent = self.group.extents[expert]
-        fd = self.fds[extent.shard]
-        buffers, cursor = [], extent.offset
+    def _slot_buffers(self, expert: int, slot: int) -> list:
+        """The extent of `expert` as buffers: its pieces' slot rows, gaps as scratch."""
+        buffers, cursor = [], self.group.extents[expert].offset
         for t, (view, row) in zip(self.tensors, self._rows):
             piece = t.pieces[expert]
             if piece.offset > cursor:
                 buffers.append(bytearray(piece.offset - cursor))
             buffers.append(view[slot * row : (slot + 1) * row])
             cursor = piece.offset + piece.length
-        osio.read_extent_into(fd, extent.offset, buffers, what=f"{self.name} expert {expert}")
+        return buffers
+
+    def _after_read(self, expert: int, slot: int) -> None:
+        """Checksums (if asked) and the page-cache choice, once an expert is in its slot."""
+        extent = self.group.extents[expert]
         if self.options.check:
             for t, (view, row) in zip(self.tensors, self._rows):
                 if xxh3(view[slot * row : (slot + 1) * row]) != t.pieces[expert].xxh3:
                     what = f"tensor {t.name!r} expert {expert}"
                     raise ChecksumError(f"{what}: checksum mismatch (data damaged on disk)", [what])
         if self.options.page_cache == "drop":
-            osio.advise_dontneed(fd, extent.offset, extent.length)
+            osio.advise_dontneed(self.fds[extent.shard], extent.offset, extent.length)
 
     def lookup(self, experts: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
         """Slots for `experts` (distinct ids) and the (expert, slot) reads still owed."""
@@ -167,14 +171,21 @@ class ExpertBank:
                     raise
                 raise StoreError(f"{self.name}: reading experts {[e for e, _ in misses]} failed: {exc}") from exc
             return
-        if len(misses) == 1:
-            jobs = [(misses[0], None)]
-        else:
-            jobs = [((e, s), self.pool.submit(self._read, e, s)) for e, s in misses]
+        # Every miss's extent in parts on the pool, so a layer's one or two misses still
+        # keep several reads in flight (the disk's queue, not one read's latency, bounds it).
+        jobs = []
+        for e, s in misses:
+            extent = self.group.extents[e]
+            fd, what = self.fds[extent.shard], f"{self.name} expert {e}"
+            parts = osio.split_reads(extent.offset, self._slot_buffers(e, s), self.options.io_threads, READ_PART)
+            jobs.append((e, s, [self.pool.submit(osio.read_extent_into, fd, off, views, what)
+                                for off, views in parts]))  # fmt: skip
         failed: list[tuple[int, BaseException]] = []
-        for (e, s), future in jobs:
+        for e, s, futures in jobs:
             try:
-                self._read(e, s) if future is None else future.result()
+                for future in futures:
+                    future.result()
+                self._after_read(e, s)
             except BaseException as exc:  # noqa: BLE001 - every failure must empty its slot
                 self.policy.forget(s)
                 failed.append((e, exc))
@@ -189,7 +200,7 @@ class ExpertBank:
         extents = [self.group.extents[e] for e, _ in misses]
         raw = staged.read_to_device(
             [(self.fds[x.shard], x.offset, x.length, f"{self.name} expert {e}") for x, (e, _) in zip(extents, misses)],
-            self.pool, self.options.io_threads)  # fmt: skip
+            self.pool, self.options.io_threads, READ_PART)  # fmt: skip
         base = 0
         for (e, s), extent in zip(misses, extents):
             for t, arr in zip(self.tensors, self.arrays):

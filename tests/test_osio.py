@@ -208,3 +208,15 @@ def test_madvise_on_real_and_closed_mappings(fd):
 def test_madvise_missing_on_platform(monkeypatch):
     monkeypatch.delattr(mmap, "MADV_WILLNEED", raising=False)
     assert osio.madvise(FakeMap(1 << 20), 0, 10, "willneed") is False
+
+
+def test_split_reads_covers_the_range_in_order():
+    from mlxstore.osio import split_reads
+
+    buffers = [bytearray(10), bytearray(1000), bytearray(5)]
+    parts = split_reads(100, buffers, 4, 100)
+    assert 1 < len(parts) <= 4
+    assert [off for off, _ in parts] == sorted(off for off, _ in parts) and parts[0][0] == 100
+    for (off, views), nxt in zip(parts, parts[1:] + [(100 + 1015, [])]):
+        assert off + sum(v.nbytes for v in views) == nxt[0]  # contiguous, no gap, no overlap
+    assert split_reads(0, buffers, 16, 1 << 20) == [(0, [memoryview(b) for b in buffers])]
