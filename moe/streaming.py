@@ -117,6 +117,15 @@ class StreamingExperts(nn.Module):
             yield group, np.asarray(bank.ensure(group.tolist()), dtype=np.uint32)
             bank.stats.passes += 1
 
+    def _pass_done(self, y: mx.array) -> None:
+        """Let the next pass refill slots this one reads. Staged writes are MLX ops, queued
+        after this pass's kernels, so the next pass's reads overlap its compute; direct
+        writes come from the host and must wait for it."""
+        if self.bank.options.fill == "staged":
+            mx.async_eval(y)
+        else:
+            mx.eval(y)
+
     def _run_full_passes(self, x, ids, dtype, experts) -> mx.array:
         """Each pass runs the whole call; rows of other groups use this group's first slot."""
         out = None
@@ -125,7 +134,7 @@ class StreamingExperts(nn.Module):
             table[group] = slots
             y = self.inner(x, mx.array(table[ids], dtype=dtype))
             out = y if out is None else mx.where(mx.array(np.isin(ids, group))[..., None], y, out)
-            mx.eval(out)  # the next pass overwrites slots this one reads
+            self._pass_done(out)
         return out
 
     def _run_row_passes(self, x, ids, dtype, experts) -> mx.array:
@@ -137,7 +146,7 @@ class StreamingExperts(nn.Module):
         for group, slots in self._groups(experts):
             pos = np.flatnonzero(np.isin(flat, group))
             y = self._rows_through(rows, pos, slots[np.searchsorted(group, flat[pos])], dtype, sort_like)
-            mx.eval(y)  # the next pass overwrites slots this one reads
+            self._pass_done(y)
             parts.append(y)
             order.append(pos)
         y = mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
