@@ -300,6 +300,7 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
     # Decode, alternated: cold (every miss from the disk) then warm (the page cache holds the store).
     timed: dict[str, list] = {}
     extents: dict[str, list] = {}
+    raws: dict[str, dict] = {}  # the raw reference of each config and phase, read in that phase
     order = list(models)
     for phase in ("cold", "warm"):
         if phase == "warm":
@@ -321,6 +322,10 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
                     del b.fill  # back to the class's method
                 timed.setdefault(f"{name}/{phase}", []).append({"seconds": seconds, **st})
                 extents.setdefault(f"{name}/{phase}", []).extend(log)
+        if phase == "warm":
+            _warm(files)  # the cold raw reads below must not leave the warm ones cold
+        for key in [k for k in extents if k.endswith("/" + phase) and extents[k]]:
+            raws[key] = raw_read(extents[key], threads=16, cold=phase == "cold")
         print(f"{phase} decode done ({time.perf_counter() - t_start:.0f}s)", flush=True)
         (Path(out) / "gpu-partial.json").write_text(json.dumps({"exact": exact, "timed": timed}, default=float) + "\n")
 
@@ -341,9 +346,8 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
                        graph_us_per_layer=tot["graph_seconds"] / max(1, tot["calls"]) * 1e6,
                        wait_ms_per_token=tot["wait_seconds"] / n_tok * 1e3,
                        read_gb_s=tot["bytes_read"] / tot["read_seconds"] / 1e9 if tot["read_seconds"] else None)  # fmt: skip
-            ext = extents[key]
-            if ext:
-                raw = raw_read(ext, threads=16, cold=phase == "cold")
+            raw = raws.get(key)
+            if raw:
                 row["raw_gb_s"] = raw["gb_per_s"]
                 bound = 1 / (res_s[phase] + tot["bytes_read"] / n_tok / (raw["gb_per_s"] * 1e9))
                 row["bound_tok_s"] = bound
