@@ -20,7 +20,8 @@ from .options import Size
               help="Start a new file when the next item would exceed this size.")
 @click.option("--compress-dense", is_flag=True,
               help="zstd-compress dense tensors (smaller; they can then not be mapped in place).")
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace DST if it is an mlxstore store holding nothing else (anything else is refused).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pack(src: str, dst: str, alignment: int, max_shard_size: int, compress_dense: bool,
          overwrite: bool, quiet: bool) -> None:  # fmt: skip
