@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .options import load_options, load_store
+from .options import load_options, load_store, start_recording, stop_recording
 
 
 @click.command()
@@ -27,8 +27,10 @@ from .options import load_options, load_store
 @click.option("--kv-group-size", default=64, show_default=True, type=click.IntRange(min=1), help="Group size of KV quantization.")
 @click.option("--max-kv-size", default=None, type=click.IntRange(min=1), help="Rotating KV cache of this many tokens.")
 @click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1), help="Prompt tokens per forward pass.")
+@click.option("--record-trace", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the expert ids of every token and MoE layer to this route-trace CSV (for `mlxstore plan --trace`).")
 def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt, ignore_chat_template, draft_model,
-             num_draft_tokens, kv_bits, kv_group_size, max_kv_size, prefill_step_size, **load_kw) -> None:  # fmt: skip
+             num_draft_tokens, kv_bits, kv_group_size, max_kv_size, prefill_step_size, record_trace, **load_kw) -> None:  # fmt: skip
     """Generate text from a store, streaming experts; ends with one line of stats.
 
     Under `mlx.launch` the ranks run the model as a pipeline, each with its own budget;
@@ -43,7 +45,10 @@ def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt,
     group = mx.distributed.init()
     rank = f"rank {group.rank()}: " if group.size() > 1 else ""
     logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s", stream=sys.stderr)
-    model, tokenizer, _, _ = load_store(load_kw, group=group)
+    if record_trace and group.size() > 1:
+        raise click.ClickException("--record-trace records one process's layers; run it without mlx.launch")
+    model, tokenizer, name, _ = load_store(load_kw, group=group)
+    recorder = start_recording(model, record_trace, name) if record_trace else None
     draft = load_draft(draft_model) if draft_model else None
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -69,6 +74,9 @@ def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt,
         raise click.ClickException(str(e)) from None
     except RuntimeError as e:  # a peer rank died: MLX's backends report it as RuntimeError
         raise click.ClickException(f"{rank}generation stopped: {e}") from None
+    finally:
+        if recorder is not None:
+            stop_recording(model, recorder)
     if printing:
         click.echo()
     click.echo(f"{rank}{summary.line()}", err=True)

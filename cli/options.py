@@ -77,3 +77,20 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     return model, tokenizer, Path(kw["model_path"]).name, reserved
+
+
+def start_recording(model, path: str, name: str):
+    """Install a routing recorder on `model` (moe.record); one-line errors."""
+    from mlxstore.moe import record
+
+    try:
+        return record.record(model, path, name=name)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def stop_recording(model, recorder) -> None:
+    from mlxstore.moe import record
+
+    record.stop(model)
+    click.echo(f"recorded {recorder.tokens} tokens x {recorder.num_layers} MoE layers to {recorder.path}", err=True)

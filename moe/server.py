@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from mlx_lm import server as mls
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
-from . import anthropic
+from . import anthropic, record
 from .load import plan_of
 from .plan import DEFAULT_MAX_CONTEXT
 
@@ -231,6 +231,9 @@ class Handler(mls.APIHandler):
         self.max_tokens = min(self.max_tokens, limit - len(prompt))
         if isinstance(self.wfile, _AnthropicWriter):
             self.wfile.stream.input_tokens = len(prompt)
+        recorder = record.recorder_of(self.state.generator.model_provider.model)
+        if recorder is not None:  # `serve --record-trace`: one turn per request
+            recorder.new_turn()
         super().handle_completion(request, stop_words)
 
     def handle_models_request(self) -> None:
