@@ -3,7 +3,8 @@
 Why: the cache policy decides how many expert reads hit the disk; real traces (not
 synthetic routers) tell which policy to ship. Each layer gets its own cache starting
 empty; hits are counted over all accesses of all layers, and compared with the
-offline optimum (Belady) for the same calls.
+offline optimum (Belady) for the same calls. The replay itself is the product's
+(`mlxstore.moe.advisor`, which `mlxstore plan --trace` uses).
 """
 
 from __future__ import annotations
@@ -12,23 +13,17 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from mlxstore.formats.route_trace import GENERATION, PROMPT, RouteTrace, load_route_trace
-from mlxstore.moe.policy import DEFAULT_POLICY, POLICIES, belady_hits, make_policy, replay_hits
+from mlxstore.formats.route_trace import RouteTrace, load_route_trace
+from mlxstore.moe import advisor
+from mlxstore.moe.advisor import SCENARIOS, Replay, replays
+from mlxstore.moe.policy import DEFAULT_POLICY, POLICIES
 from mlxstore.traces import find_trace, trace_dir, traces
 
 SLOTS = (8, 16, 32, 64)
-# name -> (phases replayed, phases whose hits count). "gen" is the README's setting;
-# "all" counts prompt rows too; "warm" lets the prompt warm the cache and counts decode.
-SCENARIOS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "gen": ((GENERATION,), (GENERATION,)),
-    "all": ((PROMPT, GENERATION), (PROMPT, GENERATION)),
-    "warm": ((PROMPT, GENERATION), (GENERATION,)),
-}
 RESULTS = Path(__file__).resolve().parent / "results"
 # mlxstore/data/traces/README.md: LRU per layer from empty, generation rows, at 8/16/32/64 slots.
 README_LRU = {
@@ -56,35 +51,13 @@ def report_name(path: Path) -> str:
     return path.name.removesuffix(".zst")
 
 
-@dataclass(frozen=True)
-class Replay:
-    """One layer's calls, and which of them count towards the hit rate."""
-
-    calls: list[tuple[int, ...]]
-    counted: list[bool]
-
-    @property
-    def accesses(self) -> int:
-        return sum(len(c) for c, k in zip(self.calls, self.counted) if k)
-
-
-def replays(trace: RouteTrace, phases: Sequence[int], count: Sequence[int]) -> list[Replay]:
-    out = []
-    for layer in range(trace.n_layer):
-        steps = [s for s in trace.steps if s.phase in phases and s.experts[layer]]
-        out.append(Replay([s.experts[layer] for s in steps], [s.phase in count for s in steps]))
-    return out
-
-
 def policy_hits(layers: list[Replay], name: str, num_slots: int, num_experts: int) -> int:
     """Hits of a fresh cache per layer, summed over layers."""
-    return sum(
-        replay_hits(make_policy(name, num_slots, num_experts), r.calls, r.counted) for r in layers
-    )
+    return sum(advisor.policy_hits(layers, name, num_slots, num_experts))
 
 
 def optimal_hits(layers: list[Replay], num_slots: int) -> int:
-    return sum(belady_hits(r.calls, num_slots, r.counted) for r in layers)
+    return sum(advisor.policy_hits(layers, advisor.OPTIMUM, num_slots, 1))
 
 
 def serial_lru_hits(layers: list[Replay], num_slots: int) -> int:
