@@ -127,6 +127,7 @@ def record(model: nn.Module, path: str | os.PathLike, *, name: str = "", top_k: 
     sites = _switch_sites(model)
     if not sites:
         raise ValueError("the model has no MoE switch modules to record")
+    _check_target(Path(path))
     counts = [_num_experts(m) for _, m in sites]
     arch = str(getattr(getattr(model, "args", None), "model_type", "") or getattr(model, "model_type", ""))
     try:
@@ -138,6 +139,18 @@ def record(model: nn.Module, path: str | os.PathLike, *, name: str = "", top_k: 
         parent, attr = _parent(model, site_path)
         setattr(parent, attr, RecordedExperts(module, recorder, layer))
     return recorder
+
+
+def _check_target(path: Path) -> None:
+    """Only a previous trace is overwritten: any other file at `path` is refused."""
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"cannot write the trace {path}: it exists and is not a regular file")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head and not head.startswith(b"# route_trace"):
+        raise ValueError(f"cannot write the trace {path}: it exists and is not a route trace (refusing to replace it)")
 
 
 def recorder_of(model: nn.Module) -> TraceRecorder | None:

@@ -119,6 +119,14 @@ def test_cli_generate_records_a_trace(tiny, tmp_path):
     r = CliRunner().invoke(main, ["generate", "--model", str(store), "-m", "1",
                                   "--record-trace", str(tmp_path / "no" / "such" / "dir.csv")])  # fmt: skip
     assert r.exit_code == 1 and "Error: cannot write the trace" in r.output and "Traceback" not in r.output
+    (tmp_path / "notes.txt").write_text("my notes")
+    r = CliRunner().invoke(main, ["generate", "--model", str(store), "-m", "1",
+                                  "--record-trace", str(tmp_path / "notes.txt")])  # fmt: skip
+    assert r.exit_code == 1 and "is not a route trace (refusing to replace it)" in r.output
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+    r = CliRunner().invoke(main, ["generate", "--model", str(store), "-p", "again", "-m", "2",
+                                  "--slots-per-layer", str(TOP_K), "--record-trace", str(path)])  # fmt: skip
+    assert r.exit_code == 0, r.output  # a previous trace is replaced
 
 
 def test_server_records_one_turn_per_request(tiny, tmp_path):
