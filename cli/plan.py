@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .advise import TRACE_FLAGS, advice_of, draw, print_advice, trace_options
 from .options import SizeText
 
 
@@ -88,14 +89,25 @@ def plan_options(command):
 @click.command()
 @plan_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@trace_options
 def plan(source, memory_budget, as_json, **kw) -> None:
     """Print the memory plan of SOURCE without loading weights: a store, a config.json (or
     its directory), or a repo id whose config.json is in the local Hugging Face cache.
 
     Shows dense bytes, slots per layer, KV cache, activations, headroom and prefill step
     at the budget, the minimum budget, the budget at which every expert fits, and what
-    the default (no budget) picks on this machine."""
+    the default (no budget) picks on this machine.
+
+    With --trace, replays that routing through every slot policy at a range of budgets:
+    hit rate, expert MB missed per token and predicted tok/s (see README, "What a budget
+    buys, from real routing")."""
+    flags = {k: kw.pop(k) for k in TRACE_FLAGS}
+    given = [f"--{k.replace('_', '-')}" for k in TRACE_FLAGS[1:] if k in ("png", "budgets", "policies", "disk_gbps",
+                                                                          "resident_ms") and flags[k] is not None]  # fmt: skip
+    if given and not flags["trace"]:
+        raise click.UsageError(f"{', '.join(given)} need --trace FILE")
     summary = plan_summary(source, memory_budget, **kw)
+    advice = advice_of(source, flags, memory_budget, **kw) if flags["trace"] else None
     if as_json:
         import json
         from dataclasses import asdict
@@ -104,6 +116,13 @@ def plan(source, memory_budget, as_json, **kw) -> None:
                 "plan": asdict(summary.plan) if summary.plan else None, "error": summary.error,
                 "minimum": summary.minimum, "all_experts": summary.all_experts,
                 "auto": asdict(summary.auto) if summary.auto else None}  # fmt: skip
+        if advice is not None:
+            data["advice"] = advice.as_dict()
         click.echo(json.dumps(data, indent=2))
+        if flags["png"] and advice is not None:
+            draw(advice, flags["png"])
     else:
         print_summary(summary)
+        if advice is not None:
+            click.echo()
+            print_advice(advice, flags["png"])

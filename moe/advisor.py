@@ -322,98 +322,95 @@ def plot_advice(advice: Advice, out: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------ from a store
+# ------------------------------------------------------------------ from a model
 
 
-_TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "num_experts_per_token", "moe_topk",
-               "n_activated", "top_k")  # fmt: skip
+def shape_of(spec, store=None) -> ModelShape:
+    """A `moe.spec.ModelSpec`'s MoE layers, experts and top-k; the bytes a miss reads per
+    layer from the store's extents (alignment included), or the spec's bytes per expert
+    when there is no store (a config.json alone)."""
+    if store is not None:
+        groups = sorted(store.expert_groups.values(), key=lambda g: _natural_key(g.prefix))
+        read = tuple(sum(x.length for x in g.extents) // g.num_experts for g in groups)
+    else:
+        read = (spec.expert_bytes // spec.num_layers,) * spec.num_layers
+    if len(read) != spec.num_layers:
+        raise ValueError(f"{spec.source}: {len(read)} expert groups for {spec.num_layers} MoE layers")
+    return ModelShape(spec.num_layers, spec.num_experts, spec.top_k, read)
 
 
-def top_k_of(config: dict) -> int:
-    """Experts per token from a model config (text_config first); 1 when it says none."""
-    for cfg in (config.get("text_config") or {}, config):
-        for key in _TOP_K_KEYS:
-            if isinstance(cfg.get(key), int) and cfg[key] > 0:
-                return cfg[key]
-    return 1
+def least_budget(plan_at, good=lambda plan: True) -> int | None:
+    """`moe.plan.smallest_budget`, refined to the byte (small models span few MiB)."""
+    from .plan import smallest_budget
+
+    high = smallest_budget(plan_at, good)
+    if high is None:
+        return None
+
+    def ok(budget: int) -> bool:
+        try:
+            return good(plan_at(budget))
+        except StoreError:
+            return False
+
+    lo, hi = max(0, high - (1 << 20)), high
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
-def store_shape(store) -> ModelShape:
-    """A store's MoE layers (expert groups in layer order), experts, top-k and read sizes."""
-    groups = sorted(store.expert_groups.values(), key=lambda g: _natural_key(g.prefix))
-    if not groups:
-        raise ValueError(f"{store.path.parent}: the model has no experts to stream")
-    counts = {g.num_experts for g in groups}
-    read = tuple(sum(x.length for x in g.extents) // g.num_experts for g in groups)
-    return ModelShape(len(groups), max(counts), top_k_of(store.config or {}), read)
+def budget_range(spec, points: int, **plan_kw) -> list[int]:
+    """`points` budgets from the minimum to the one at which every expert has a slot.
+
+    The top end is found at the minimum's prefill step: a larger budget may buy a larger
+    step (more activation memory) before more slots, so slots alone do not rise steadily
+    with the budget; each budget's row still shows the plan `moe.load` would make there.
+    """
+
+    def plan_at(budget):
+        return spec.plan(budget, **plan_kw)
+
+    low = least_budget(plan_at)
+    if low is None:
+        raise ValueError(f"{spec.source}: no budget up to 1 PiB holds this model's plan")
+    step = {"prefill_step_size": plan_at(low).prefill_step_size, **plan_kw}
+    high = least_budget(lambda b: spec.plan(b, **step), lambda p: p.slots_per_layer == p.num_experts)
+    if low is None or high is None:
+        raise ValueError(f"{spec.source}: no budget up to 1 PiB holds this model's plan")
+    n = max(2, points)
+    return sorted({low + (high - low) * i // (n - 1) for i in range(n)})
 
 
-@dataclass(frozen=True)
-class Planner:
-    """`moe.plan.make_plan` over one store's figures, without loading weights."""
-
-    inputs: dict
-
-    def plan(self, budget: int | None = None, slots: int | None = None):
-        from .plan import make_plan
-
-        return make_plan(budget=budget, slots_per_layer=slots, **self.inputs)
-
-    def slots_at(self, budget: int) -> int:
-        return self.plan(budget).slots_per_layer
-
-    def budget_for(self, slots: int) -> int:
-        """The smallest budget whose plan buys `slots` slots per layer."""
-        p = self.plan(slots=slots)
-        need = p.total_bytes - p.headroom_bytes
-        lo, hi = need, max(2 * need, need + (1 << 30))  # headroom grows with the budget: search
-        while lo < hi:
-            mid = (lo + hi) // 2
-            try:
-                ok = self.slots_at(mid) >= slots
-            except StoreError:  # below the minimum budget
-                ok = False
-            lo, hi = (lo, mid) if ok else (mid + 1, hi)
-        return lo
-
-    def budgets(self, points: int) -> list[int]:
-        """`points` budgets from the minimum to the one at which every expert fits."""
-        top_k, experts = self.inputs["top_k"], self.inputs["num_experts"]
-        low, high = self.budget_for(top_k), self.budget_for(experts)
-        n = max(2, points)
-        return sorted({low + (high - low) * i // (n - 1) for i in range(n)})
-
-
-def store_planner(store, *, max_context: int | None = None, headroom=None, reserve=0) -> Planner:
-    """A planner for `store` with `moe.load`'s defaults (the same figures `load` plans with)."""
-    from .load import _activation_itemsize
-    from .plan import DEFAULT_MAX_CONTEXT
-
-    groups = store.expert_groups
-    tensors = store.index.tensors
-    dense = sum(t.nbytes for t in tensors.values() if t.expert_group is None)
-    per_slot = sum(sum(tensors[n].nbytes // g.num_experts for n in g.tensors) for g in groups.values())
-    shape = store_shape(store)
-    return Planner(dict(dense_bytes=dense, expert_bytes=per_slot, num_layers=shape.num_layers,
-                        num_experts=shape.num_experts, top_k=shape.top_k, config=store.config or {},
-                        itemsize=_activation_itemsize(store),
-                        max_context=max_context or DEFAULT_MAX_CONTEXT, headroom=headroom, reserve=reserve))  # fmt: skip
-
-
-def advise_store(store, trace: RouteTrace, options: AdviseOptions = AdviseOptions(), *, name: str = "",
-                 max_context: int | None = None, headroom=None) -> Advice:  # fmt: skip
-    """`advise` for a store: its plan at each budget, its disk probed unless `disk_gbps` is given."""
-    shape = store_shape(store)
-    planner = store_planner(store, max_context=max_context, headroom=headroom)
-    budgets = list(options.budgets) if options.budgets else planner.budgets(options.points)
+def advise_model(spec, trace: RouteTrace, options: AdviseOptions = AdviseOptions(), *, store=None,
+                 name: str = "", **plan_kw) -> Advice:  # fmt: skip
+    """`advise` for a model spec: its plan (plan_kw as `ModelSpec.plan` takes them) at each
+    budget; the store's disk is probed unless `options.disk_gbps` is given (needed without
+    a store)."""
+    shape = shape_of(spec, store)
     map_trace(trace, shape, options.scenario)  # a mismatch fails before the probe reads anything
+    budgets = list(options.budgets) if options.budgets else budget_range(spec, options.points, **plan_kw)
     gbps, measured = options.disk_gbps, False
     if gbps is None:
+        if store is None:
+            raise ValueError(f"{spec.source} is a config, not a store: there is no disk to probe; "
+                             "pass the disk's read speed (--disk-gbps)")  # fmt: skip
         probe = probe_reads(store, seconds=options.probe_seconds, max_reads=options.probe_reads,
                             threads=options.io_threads, seed=options.seed)  # fmt: skip
         gbps, measured = probe.gbps, True
-    return advise(trace, shape, planner.slots_at, budgets, options, disk_gbps=gbps, disk_measured=measured,
-                  name=name)  # fmt: skip
+
+    def slots_at(budget: int) -> int:
+        return spec.plan(budget, **plan_kw).slots_per_layer
+
+    return advise(trace, shape, slots_at, budgets, options, disk_gbps=gbps, disk_measured=measured, name=name)
+
+
+def advise_store(store, trace: RouteTrace, options: AdviseOptions = AdviseOptions(), *, name: str = "",
+                 **plan_kw) -> Advice:  # fmt: skip
+    """`advise_model` for an open store (its spec read from the index, its disk probed)."""
+    from .spec import from_store
+
+    return advise_model(from_store(store), trace, options, store=store, name=name, **plan_kw)
 
 
 def _natural_key(path: str) -> list:

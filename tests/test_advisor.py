@@ -15,16 +15,19 @@ from mlxstore.moe.advisor import (
     OPTIMUM,
     AdviseOptions,
     advise_store,
+    budget_range,
     format_advice,
     knee,
+    least_budget,
     map_trace,
     plot_advice,
     probe_reads,
-    store_planner,
-    store_shape,
+    shape_of,
 )
+from mlxstore.moe.plan import smallest_budget
 from mlxstore.moe.policy import POLICIES
 from mlxstore.moe.record import record, stop
+from mlxstore.moe.spec import from_config, from_store
 from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir
 from mlxstore.traces import find_trace
@@ -54,14 +57,17 @@ def _first_touch_misses(calls, counted) -> int:
 def test_bundled_traces_on_a_store(wide, name):
     trace = load_route_trace(find_trace(name))
     with mlxstore.open(wide) as s:
-        shape = store_shape(s)
-        planner = store_planner(s)
-        advice = advise_store(s, trace, AdviseOptions(points=6, disk_gbps=2.0, compute_ms=10.0), name=name)
+        spec = from_store(s)
+        shape = shape_of(spec, s)
+        budgets = budget_range(spec, 5) + [1 << 30]
+        options = AdviseOptions(budgets=tuple(budgets), disk_gbps=2.0, compute_ms=10.0)
+        advice = advise_store(s, trace, options, name=name)
     assert (shape.num_layers, shape.num_experts, shape.top_k) == (3, 128, 8)
     assert any(f"the trace has {trace.n_layer} MoE layers, the model 3" in n for n in advice.notes)
     assert any(f"the trace has {trace.top_k} experts per token, the model 8" in n for n in advice.notes)
-    budgets = sorted({r.budget for r in advice.rows})
-    assert len(budgets) == 6 and [planner.slots_at(b) for b in (budgets[0], budgets[-1])] == [8, 128]
+    assert sorted({r.budget for r in advice.rows}) == budgets
+    assert [spec.plan(b).slots_per_layer for b in (budgets[0], budgets[-1])] == [8, 128]
+    assert [r.slots for r in advice.rows if r.policy == "lru"] == [spec.plan(b).slots_per_layer for b in budgets]
     layers, _ = map_trace(trace, shape, "warm")
     for b in budgets:
         rows = {r.policy: r for r in advice.rows if r.budget == b}
@@ -97,7 +103,7 @@ def test_a_recorded_trace_replays_without_mapping(tmp_path):
     trace = load_route_trace(rec.path)
     with mlxstore.open(store) as s:
         advice = advise_store(s, trace, AdviseOptions(points=4, compute_ms=1.0, probe_seconds=0.5))
-        shape = store_shape(s)
+        shape = shape_of(from_store(s), s)
     assert advice.notes == [] and advice.disk_measured and advice.disk_gbps > 0
     assert advice.tokens == 6
     layers, _ = map_trace(trace, shape)
@@ -110,7 +116,7 @@ def test_a_recorded_trace_replays_without_mapping(tmp_path):
 
 def test_expert_count_mismatch_is_one_line(tmp_path, store_dir):
     with mlxstore.open(store_dir("qwen3_moe")) as s:
-        n = store_shape(s).num_experts
+        n = from_store(s).num_experts
         with pytest.raises(ValueError, match=f"the trace routes over 128 experts per layer, the model has {n}: "
                                              "replay needs a trace of this model"):  # fmt: skip
             advise_store(s, load_route_trace(find_trace("qwen3-30b-a3b")), AdviseOptions(disk_gbps=1.0))
@@ -119,11 +125,9 @@ def test_expert_count_mismatch_is_one_line(tmp_path, store_dir):
 def test_budgets_below_the_minimum_and_unknown_policies(wide):
     trace = load_route_trace(find_trace("qwen3-30b-a3b"))
     with mlxstore.open(wide) as s:
-        planner = store_planner(s)
-        low = planner.budget_for(8)
-        assert planner.slots_at(low) == 8
-        with pytest.raises(StoreError):
-            planner.slots_at(low - 1)
+        spec = from_store(s)
+        low = least_budget(spec.plan)
+        assert spec.plan(low).slots_per_layer == 8 and low <= smallest_budget(spec.plan)
         with pytest.raises(StoreError, match="too small"):
             advise_store(s, trace, AdviseOptions(budgets=(low - 1,), disk_gbps=1.0))
         with pytest.raises(ValueError, match="unknown policy 'nope'"):
@@ -152,3 +156,70 @@ def test_plot_is_written(wide, tmp_path):
         advice = advise_store(s, trace, AdviseOptions(points=3, disk_gbps=1.0, policies=("lru", "lrfu")))
     plot_advice(advice, tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_from_a_config_alone(wide):
+    """Without a store there is no disk to probe: the speed must be given; reads are the spec's."""
+    import json
+
+    config = json.loads((wide.parent / "src" / "config.json").read_text())
+    spec = from_config(config, "config.json")
+    trace = load_route_trace(find_trace("qwen3-30b-a3b"))
+    with pytest.raises(ValueError, match="is a config, not a store: there is no disk to probe"):
+        from mlxstore.moe.advisor import advise_model
+
+        advise_model(spec, trace, AdviseOptions(points=3))
+    advice = advise_model(spec, trace, AdviseOptions(points=3, disk_gbps=1.0))
+    assert shape_of(spec).read_bytes == (spec.expert_bytes // 3,) * 3
+    with mlxstore.open(wide) as s:
+        stored = advise_store(s, trace, AdviseOptions(points=3, disk_gbps=1.0))
+    assert [r.hit_rate for r in advice.rows] == pytest.approx([r.hit_rate for r in stored.rows])
+
+
+def test_cli_plan_with_a_trace(wide, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mlxstore.cli.main import main
+
+    run = CliRunner().invoke
+    png = tmp_path / "budget.png"
+    r = run(main, ["plan", str(wide), "--trace", "qwen3-30b-a3b", "--points", "4", "--resident-ms", "20",
+                   "--policies", "lru,lrfu,belady", "--png", str(png)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "trace qwen3-30b-a3b:" in r.output and "(measured)" in r.output and "<- knee" in r.output
+    assert "note: the trace has 48 MoE layers, the model 3" in r.output and f"wrote {png}" in r.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    r = run(main, ["plan", str(wide), "--trace", "gpt-oss-120b", "--budgets", "80MB,90MB", "--disk-gbps", "3",
+                   "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    advice = json.loads(r.output)["advice"]
+    assert {row["budget"] for row in advice["rows"]} == {80_000_000, 90_000_000} and advice["disk_gbps"] == 3
+    r = run(main, ["plan", str(wide.parent / "src" / "config.json"), "--trace", "qwen3-30b-a3b", "--points", "3"])
+    assert r.exit_code == 1 and "Error: " in r.output and "pass the disk's read speed (--disk-gbps)" in r.output
+    r = run(main, ["plan", str(wide.parent / "src" / "config.json"), "--trace", "qwen3-30b-a3b", "--points", "3",
+                   "--disk-gbps", "2"])  # fmt: skip
+    assert r.exit_code == 0 and "disk 2.00 GB/s (given)" in r.output, r.output
+
+
+def test_cli_plan_trace_errors(wide, store_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from mlxstore.cli.main import main
+
+    run = CliRunner().invoke
+    cases = [
+        ([str(store_dir("qwen3_moe")), "--trace", "qwen3-30b-a3b"], "the trace routes over 128 experts per layer"),
+        ([str(wide), "--trace", "nope"], "no trace file 'nope' (bundled traces: gpt-oss-120b, qwen3-30b-a3b)"),
+        ([str(wide), "--trace", "qwen3-30b-a3b", "--budgets", "lots"], "--budgets:"),
+        ([str(wide), "--trace", "qwen3-30b-a3b", "--policies", "bogus", "--disk-gbps", "1"], "unknown policy 'bogus'"),
+        ([str(wide), "--png", str(tmp_path / "x.png")], "--png need --trace FILE"),
+    ]
+    for args, message in cases:
+        r = run(main, ["plan", *args])
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (args, r.output)
+    bad = tmp_path / "bad.route.csv"
+    bad.write_text("# route_trace v1\nnot a header\n")
+    r = run(main, ["plan", str(wide), "--trace", str(bad)])
+    assert r.exit_code == 1 and "bad.route.csv: route trace line 2" in r.output
