@@ -189,7 +189,8 @@ def probe_reads(store, *, seconds: float = 1.0, max_reads: int = 256, threads: i
         raise ValueError(f"{store.path.parent}: no experts to read")
     rng = random.Random(seed)
     picks = rng.sample(extents, min(max_reads, len(extents)))
-    fds = [os.dup(store.fd(i)) for i in range(len(store.index.shards))]
+    # descriptors of its own: macOS' no-cache flag would otherwise change the store's
+    fds = [os.open(store.path.parent / s.name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) for s in store.index.shards]
     for fd in fds:
         osio.set_nocache(fd, True)
 
@@ -397,6 +398,8 @@ def advise_model(spec, trace: RouteTrace, options: AdviseOptions = AdviseOptions
                              "pass the disk's read speed (--disk-gbps)")  # fmt: skip
         probe = probe_reads(store, seconds=options.probe_seconds, max_reads=options.probe_reads,
                             threads=options.io_threads, seed=options.seed)  # fmt: skip
+        if not probe.reads:
+            raise ValueError(f"the read probe read nothing in {options.probe_seconds} s; give it longer or pass --disk-gbps")
         gbps, measured = probe.gbps, True
 
     def slots_at(budget: int) -> int:
