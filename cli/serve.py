@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .options import Size, load_options, load_store
+from .options import Size, load_options, load_store, prefill_step
 
 
 @click.command()
@@ -22,10 +22,9 @@ from .options import Size, load_options, load_store
 @click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Default min-p (0: off).")
 @click.option("--prompt-cache-bytes", type=Size(), default=None, help="Prefix cache across requests, reserved in the memory plan (default: one KV cache at --max-context; 0: off).")
 @click.option("--prompt-cache-size", default=10, show_default=True, type=click.IntRange(min=1), help="Distinct sequences the prefix cache keeps.")
-@click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1), help="Prompt tokens per forward pass.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_cache_bytes, prompt_cache_size,
-          prefill_step_size, log_level, **load_kw) -> None:  # fmt: skip
+          log_level, **load_kw) -> None:  # fmt: skip
     """Serve STORE over HTTP: /v1/chat/completions, /v1/completions, /v1/models (OpenAI)
     and /v1/messages (Anthropic), with mlx_lm.server's request handling."""
     from mlxstore.moe.server import ServeOptions, make_server
@@ -36,7 +35,7 @@ def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_
     options = ServeOptions(host=host, port=port, queue_size=queue_size, max_context=load_kw["max_context"],
                            max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
                            prompt_cache_size=prompt_cache_size, prompt_cache_bytes=reserved,
-                           prefill_step_size=prefill_step_size)  # fmt: skip
+                           prefill_step_size=prefill_step(model, load_kw["prefill_step_size"]))  # fmt: skip
     try:
         httpd, state = make_server(model, tokenizer, name, options)
     except OSError as e:
