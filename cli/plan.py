@@ -112,10 +112,12 @@ def plan(source, memory_budget, as_json, **kw) -> None:
         import json
         from dataclasses import asdict
 
+        def plan_dict(p):
+            return {**asdict(p), "bank_bytes": p.bank_bytes, "total_bytes": p.total_bytes} if p else None
+
         data = {"spec": {k: v for k, v in asdict(summary.spec).items() if k != "config"},
-                "plan": asdict(summary.plan) if summary.plan else None, "error": summary.error,
-                "minimum": summary.minimum, "all_experts": summary.all_experts,
-                "auto": asdict(summary.auto) if summary.auto else None}  # fmt: skip
+                "plan": plan_dict(summary.plan), "error": summary.error, "minimum": summary.minimum,
+                "all_experts": summary.all_experts, "auto": plan_dict(summary.auto)}  # fmt: skip
         if advice is not None:
             data["advice"] = advice.as_dict()
         click.echo(json.dumps(data, indent=2))

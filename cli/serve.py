@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .options import Size, load_options, load_store, start_recording, stop_recording
+from .options import Size, load_options, load_store, prefill_step, start_recording, stop_recording
 
 
 @click.command()
@@ -22,12 +22,11 @@ from .options import Size, load_options, load_store, start_recording, stop_recor
 @click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Default min-p (0: off).")
 @click.option("--prompt-cache-bytes", type=Size(), default=None, help="Prefix cache across requests, reserved in the memory plan (default: one KV cache at --max-context; 0: off).")
 @click.option("--prompt-cache-size", default=10, show_default=True, type=click.IntRange(min=1), help="Distinct sequences the prefix cache keeps.")
-@click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1), help="Prompt tokens per forward pass.")
 @click.option("--record-trace", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the expert ids of every token and MoE layer to this route-trace CSV (one turn per request).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)
 def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_cache_bytes, prompt_cache_size,
-          prefill_step_size, record_trace, log_level, **load_kw) -> None:  # fmt: skip
+          record_trace, log_level, **load_kw) -> None:  # fmt: skip
     """Serve STORE over HTTP: /v1/chat/completions, /v1/completions, /v1/models (OpenAI)
     and /v1/messages (Anthropic), with mlx_lm.server's request handling."""
     from mlxstore.moe.server import ServeOptions, make_server
@@ -39,7 +38,7 @@ def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_
     options = ServeOptions(host=host, port=port, queue_size=queue_size, max_context=load_kw["max_context"],
                            max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
                            prompt_cache_size=prompt_cache_size, prompt_cache_bytes=reserved,
-                           prefill_step_size=prefill_step_size)  # fmt: skip
+                           prefill_step_size=prefill_step(model, load_kw["prefill_step_size"]))  # fmt: skip
     try:
         httpd, state = make_server(model, tokenizer, name, options)
     except OSError as e:

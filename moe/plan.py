@@ -153,18 +153,14 @@ def _cached_tokens(kind: str, cfg: dict, context: int, step: int, cache: CacheOp
         return min(context, cfg["sliding_window"] + chunk)
     if cache.max_kv_size is not None:
         return min(context, cache.max_kv_size + chunk)
-    return min(context + KV_GROWTH_STEP - 1, _round_up(context, KV_GROWTH_STEP))
-
-
-def _round_up(n: int, to: int) -> int:
-    return -(-n // to) * to
+    return context + KV_GROWTH_STEP - 1  # a buffer grows past the tokens it holds by less than one step
 
 
 def kv_bytes(config: dict, itemsize: int, context: int, step: int = MAX_PREFILL_STEP,
              cache: CacheOptions = CacheOptions()) -> int:  # fmt: skip
     """The KV cache at `context` tokens, as mlx-lm builds and grows it.
 
-    Full-attention layers hold `context` tokens rounded up to the growth step, sliding and
+    Full-attention layers hold `context` tokens plus less than one growth step, sliding and
     rotating ones their window plus one prompt chunk, linear-attention ones a fixed state.
     While a buffer grows, the old one is alive next to the new one: one layer's worth is
     added. With `kv_bits` the cache is quantized (bits/8 bytes per element plus a scale
