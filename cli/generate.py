@@ -7,7 +7,14 @@ import sys
 
 import click
 
-from .options import load_options, load_store, prefill_step, start_recording, stop_recording
+from .options import (
+    check_trace_target,
+    load_options,
+    load_store,
+    prefill_step,
+    start_recording,
+    stop_recording,
+)
 
 
 @click.command()
@@ -47,8 +54,9 @@ def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt,
     kv_bits, kv_group_size, max_kv_size = load_kw["kv_bits"], load_kw["kv_group_size"], load_kw["max_kv_size"]
     if record_trace and group.size() > 1:
         raise click.ClickException("--record-trace records one process's layers; run it without mlx.launch")
+    if record_trace:
+        check_trace_target(record_trace)  # before the load: a refused path fails fast
     model, tokenizer, name, _ = load_store(load_kw, group=group)
-    recorder = start_recording(model, record_trace, name) if record_trace else None
     draft = load_draft(draft_model) if draft_model else None
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -68,6 +76,7 @@ def generate(prompt, max_tokens, temp, top_p, top_k, min_p, seed, system_prompt,
                    kv_group_size=kv_group_size, max_kv_size=max_kv_size,
                    prefill_step_size=prefill_step(model, load_kw["prefill_step_size"]))  # fmt: skip
     printing = group.rank() == 0
+    recorder = start_recording(model, record_trace, name) if record_trace else None
     try:
         for text in generate_text(model, tokenizer, ids, summary=summary, **options):
             if printing:

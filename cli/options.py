@@ -97,6 +97,16 @@ def prefill_step(model, asked: int | None) -> int:
     return plan.prefill_step_size if plan is not None else asked or MAX_PREFILL_STEP
 
 
+def check_trace_target(path: str) -> None:
+    """Refuse a --record-trace path that holds anything but a previous trace (one line)."""
+    from mlxstore.moe import record
+
+    try:
+        record.check_target(path)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def start_recording(model, path: str, name: str):
     """Install a routing recorder on `model` (moe.record); one-line errors."""
     from mlxstore.moe import record

@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from .options import Size, load_options, load_store, prefill_step, start_recording, stop_recording
+from .options import (
+    Size,
+    check_trace_target,
+    load_options,
+    load_store,
+    prefill_step,
+    start_recording,
+    stop_recording,
+)
 
 
 @click.command()
@@ -33,8 +41,9 @@ def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_
     from mlxstore.moe.server import serve as run
 
     logging.basicConfig(level=getattr(logging, log_level), format="%(asctime)s %(message)s", stream=sys.stderr)
+    if record_trace:
+        check_trace_target(record_trace)  # before the load: a refused path fails fast
     model, tokenizer, name, reserved = load_store(load_kw, prompt_cache_bytes)
-    recorder = start_recording(model, record_trace, name) if record_trace else None
     options = ServeOptions(host=host, port=port, queue_size=queue_size, max_context=load_kw["max_context"],
                            max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
                            prompt_cache_size=prompt_cache_size, prompt_cache_bytes=reserved,
@@ -44,6 +53,7 @@ def serve(host, port, queue_size, max_tokens, temp, top_p, top_k, min_p, prompt_
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     logging.getLogger("mlxstore").info("mlxstore serve: %s mode", state.mode)
+    recorder = start_recording(model, record_trace, name) if record_trace else None
     try:
         run(httpd, state, announce=lambda s: click.echo(s, err=False) or sys.stdout.flush())
     finally:

@@ -127,7 +127,7 @@ def record(model: nn.Module, path: str | os.PathLike, *, name: str = "", top_k: 
     sites = _switch_sites(model)
     if not sites:
         raise ValueError("the model has no MoE switch modules to record")
-    _check_target(Path(path))
+    check_target(Path(path))
     counts = [_num_experts(m) for _, m in sites]
     arch = str(getattr(getattr(model, "args", None), "model_type", "") or getattr(model, "model_type", ""))
     try:
@@ -141,8 +141,9 @@ def record(model: nn.Module, path: str | os.PathLike, *, name: str = "", top_k: 
     return recorder
 
 
-def _check_target(path: Path) -> None:
-    """Only a previous trace is overwritten: any other file at `path` is refused."""
+def check_target(path: str | os.PathLike) -> None:
+    """Only a previous trace is overwritten: any other file at `path` is refused (ValueError)."""
+    path = Path(path)
     if not os.path.lexists(path):
         return
     if path.is_symlink() or not path.is_file():
