@@ -1,8 +1,8 @@
 """`python -m bench memory`: peak MLX memory and peak RSS against the budget, by prompt length.
 
 A random-weight qwen3_moe model (float32 scales: the MLX CPU backend computes bfloat16
-slowly) is packed and streamed under a budget of dense + a quarter of the experts + KV at
-MAX_CONTEXT + activations, with the prefill step the plan picks. Each prompt length runs
+slowly) is packed and streamed under the least budget whose plan holds a quarter of each layer's experts (with
+KV at --max-context, activations at the prefill step the plan picks, default headroom). Each prompt length runs
 in a fresh process (peak RSS only grows within a process): it loads, resets MLX's peak,
 generates NEW_TOKENS greedy tokens with `mlx_lm.stream_generate` at the plan's step, and
 reports `mx.get_peak_memory()`, the peak RSS (`VmHWM`, Linux), and RSS right after load.
@@ -29,11 +29,13 @@ NEW_TOKENS = 8
 
 
 def _budget(store: str, max_context: int) -> int:
+    """The least budget (to 1 MiB) whose plan holds a quarter of each layer's experts."""
+    from mlxstore.moe.plan import smallest_budget
     from mlxstore.moe.spec import spec_of
 
     spec = spec_of(store)
-    at = spec.plan(None, max_context=max_context, slots_per_layer=1, prefill_step_size=256)
-    return spec.dense_bytes + spec.all_expert_bytes // 4 + at.kv_bytes + at.activation_bytes + (64 << 20)
+    return smallest_budget(lambda b: spec.plan(b, max_context=max_context),
+                           lambda p: p.slots_per_layer >= p.num_experts // 4)  # fmt: skip
 
 
 def _hwm() -> int:
