@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from bench.context import Ctx
-from bench.policy_sim import default_trace_dir
+from bench.policy_sim import default_trace
 from bench.prepare import ensure_model, pack_vs_cp
 from bench.report import full_report, plot
 from bench.scale import SCALES
@@ -153,7 +153,7 @@ def markdown(results: dict) -> str:
 @click.option("--work", type=click.Path(file_okay=False), default=None,
               help="Scratch for generated models and stores (default bench/work/<scale>).")
 @click.option("--trace", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Routing trace to replay (default: shared/traces/qwen3-30b-a3b.route.csv).")
+              help="Routing trace to replay (default: the bundled qwen3-30b-a3b trace).")
 @click.option("--only", default=",".join(STAGES), show_default=True,
               help=f"Comma-separated stages to run (also: {', '.join(OPTIONAL)}).")
 def command(quick: bool, scale_name: str | None, out: str, work: str | None, trace: str | None,
@@ -164,7 +164,7 @@ def command(quick: bool, scale_name: str | None, out: str, work: str | None, tra
     unknown = set(stages) - set(STAGES) - set(OPTIONAL)
     if unknown:
         raise click.BadParameter(f"unknown stages {sorted(unknown)}; choose from {STAGES + OPTIONAL}")
-    trace_path = Path(trace) if trace else default_trace_dir() / "qwen3-30b-a3b.route.csv"
+    trace_path = Path(trace) if trace else default_trace()
     t0 = time.perf_counter()
     results = run_all(name, Path(out), Path(work) if work else BENCH / "work" / name, trace_path,
                       stages, echo=lambda m: click.echo(m, err=True))  # fmt: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from bench.policy_sim import default_trace_dir
+from bench.policy_sim import default_trace
 
 RESULTS = Path(__file__).with_name("results") / "pipeline.json"
 
@@ -92,14 +92,14 @@ def _run(ranks: int, args: list[str]) -> None:
 
 @click.command("pipeline")
 @click.option("--store", default=None, help="Store to run (default: a generated 8-layer qwen3_moe).")
-@click.option("--trace", default=None, help="Routing trace (default: qwen3-30b-a3b.route.csv in MLXSTORE_TRACES "
-              "or shared/traces).")  # fmt: skip
+@click.option("--trace", default=None, help="Routing trace (default: the bundled qwen3-30b-a3b, "
+              "or the one in MLXSTORE_TRACES).")  # fmt: skip
 @click.option("--tokens", default=64, show_default=True)
 def command(store, trace, tokens) -> None:
     """1 rank with budget B vs 2 pipelined ranks with B each; the experts are 3x B."""
     from mlxstore import open as open_store
 
-    trace = trace or str(default_trace_dir() / "qwen3-30b-a3b.route.csv")
+    trace = trace or str(default_trace())
     with tempfile.TemporaryDirectory(prefix="mlxstore-pipe-") as tmp:
         root = Path(tmp)
         store = store or str(_model(root))

@@ -3,34 +3,29 @@
 Why: the cache policy decides how many expert reads hit the disk; real traces (not
 synthetic routers) tell which policy to ship. Each layer gets its own cache starting
 empty; hits are counted over all accesses of all layers, and compared with the
-offline optimum (Belady) for the same calls.
+offline optimum (Belady) for the same calls. The replay itself is the product's
+(`mlxstore.moe.advisor`, which `mlxstore plan --trace` uses).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from mlxstore.formats.route_trace import GENERATION, PROMPT, RouteTrace, load_route_trace
-from mlxstore.moe.policy import DEFAULT_POLICY, POLICIES, belady_hits, make_policy, replay_hits
+from mlxstore.formats.route_trace import RouteTrace, load_route_trace
+from mlxstore.moe import advisor
+from mlxstore.moe.advisor import SCENARIOS, Replay, replays
+from mlxstore.moe.policy import DEFAULT_POLICY, POLICIES
+from mlxstore.traces import find_trace, trace_dir, traces
 
 SLOTS = (8, 16, 32, 64)
-# name -> (phases replayed, phases whose hits count). "gen" is the README's setting;
-# "all" counts prompt rows too; "warm" lets the prompt warm the cache and counts decode.
-SCENARIOS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "gen": ((GENERATION,), (GENERATION,)),
-    "all": ((PROMPT, GENERATION), (PROMPT, GENERATION)),
-    "warm": ((PROMPT, GENERATION), (GENERATION,)),
-}
 RESULTS = Path(__file__).resolve().parent / "results"
-# shared/traces/README.md: LRU per layer from empty, generation rows, at 8/16/32/64 slots.
+# mlxstore/data/traces/README.md: LRU per layer from empty, generation rows, at 8/16/32/64 slots.
 README_LRU = {
     "qwen3-30b-a3b.route.csv": (0.38, 0.59, 0.80, 0.91),
     "gpt-oss-120b.route.csv": (0.49, 0.63, 0.71, 0.72),
@@ -38,46 +33,31 @@ README_LRU = {
 
 
 def default_trace_dir() -> Path:
-    """Traces live in shared/traces beside the repo; MLXSTORE_TRACES overrides."""
-    env = os.environ.get("MLXSTORE_TRACES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "traces"
+    """The traces bundled in the package (mlxstore/data/traces); MLXSTORE_TRACES overrides."""
+    return trace_dir()
 
 
 def default_traces() -> list[Path]:
-    return sorted(default_trace_dir().glob("*.route.csv"))
+    return traces()
 
 
-@dataclass(frozen=True)
-class Replay:
-    """One layer's calls, and which of them count towards the hit rate."""
-
-    calls: list[tuple[int, ...]]
-    counted: list[bool]
-
-    @property
-    def accesses(self) -> int:
-        return sum(len(c) for c, k in zip(self.calls, self.counted) if k)
+def default_trace(name: str = "qwen3-30b-a3b") -> Path:
+    """One trace by name, bundled or in MLXSTORE_TRACES (.route.csv or .route.csv.zst)."""
+    return find_trace(name)
 
 
-def replays(trace: RouteTrace, phases: Sequence[int], count: Sequence[int]) -> list[Replay]:
-    out = []
-    for layer in range(trace.n_layer):
-        steps = [s for s in trace.steps if s.phase in phases and s.experts[layer]]
-        out.append(Replay([s.experts[layer] for s in steps], [s.phase in count for s in steps]))
-    return out
+def report_name(path: Path) -> str:
+    """The key a trace's results are filed under: its CSV name, compressed or not."""
+    return path.name.removesuffix(".zst")
 
 
 def policy_hits(layers: list[Replay], name: str, num_slots: int, num_experts: int) -> int:
     """Hits of a fresh cache per layer, summed over layers."""
-    return sum(
-        replay_hits(make_policy(name, num_slots, num_experts), r.calls, r.counted) for r in layers
-    )
+    return sum(advisor.policy_hits(layers, name, num_slots, num_experts))
 
 
 def optimal_hits(layers: list[Replay], num_slots: int) -> int:
-    return sum(belady_hits(r.calls, num_slots, r.counted) for r in layers)
+    return sum(advisor.policy_hits(layers, advisor.OPTIMUM, num_slots, 1))
 
 
 def serial_lru_hits(layers: list[Replay], num_slots: int) -> int:
@@ -158,7 +138,7 @@ def format_table(name: str, result: dict, policies: Sequence[str]) -> str:
 
 @click.command("policy")
 @click.option("--trace", "traces", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Route trace CSV (repeatable); default: every *.route.csv in shared/traces.")
+              help="Route trace CSV (repeatable); default: every bundled trace (mlxstore/data/traces).")
 @click.option("--slots", default=",".join(map(str, SLOTS)), show_default=True,
               help="Comma-separated slots per layer.")
 @click.option("--policies", default=",".join(POLICIES), show_default=True,
@@ -179,11 +159,11 @@ def command(traces: tuple[str, ...], slots: str, policies: str, out: str) -> Non
     for path in paths:
         trace = load_route_trace(path)
         result = simulate(trace, names, slot_list)
-        check = readme_check(path.name, result)
+        check = readme_check(report_name(path), result)
         if check is not None:
             result["readme_lru_check"] = check
-        report["traces"][path.name] = result
-        click.echo(format_table(path.name, result, names))
+        report["traces"][report_name(path)] = result
+        click.echo(format_table(report_name(path), result, names))
         if check is not None:
             ours = "/".join(f"{x:.3f}" for x in check["ours"])
             want = "/".join(f"{x:.2f}" for x in check["readme"])

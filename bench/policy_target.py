@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.policy_sim import default_traces, simulate
+from bench.policy_sim import default_traces, report_name, simulate
 from bench.targets import verdict
 from mlxstore.formats.route_trace import load_route_trace
 from mlxstore.moe.policy import DEFAULT_POLICY
@@ -24,7 +24,7 @@ def p6(traces: list[Path] | None = None, scenario: str = "gen") -> tuple[dict, d
         result = simulate(load_route_trace(path), [DEFAULT_POLICY, "lru"], SLOTS)
         for slots, row in result["scenarios"][scenario].items():
             ratio = row[DEFAULT_POLICY]["vs_belady"]
-            rows[f"{path.name}@{slots}"] = {"belady": row["belady"],
+            rows[f"{report_name(path)}@{slots}"] = {"belady": row["belady"],
                                             "default": row[DEFAULT_POLICY]["hit_rate"],
                                             "lru": row["lru"]["hit_rate"], "ratio": ratio}  # fmt: skip
             worst = ratio if worst is None else min(worst, ratio)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .options import load_options, load_store
+from .options import load_options, load_store, prefill_step
 
 
 @click.command()
@@ -18,14 +18,14 @@ from .options import load_options, load_store
 @click.option("--seed", default=0, show_default=True, type=int, help="PRNG seed.")
 @click.option("--system-prompt", default=None, help="System message for the chat template.")
 @click.option("--max-kv-size", default=None, type=click.IntRange(min=1), help="Rotating KV cache of this many tokens.")
-@click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1), help="Prompt tokens per forward pass.")
-def chat(max_tokens, temp, top_p, seed, system_prompt, max_kv_size, prefill_step_size, **load_kw) -> None:
+def chat(max_tokens, temp, top_p, seed, system_prompt, max_kv_size, **load_kw) -> None:
     """Chat with STORE on stdin/stdout (q quits, r resets, h helps); the prompt cache is
     kept across turns and each turn ends with one stats line on stderr."""
     from mlxstore.formats import StoreError
     from mlxstore.moe.chat import HELP, chat_loop
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    load_kw["max_kv_size"] = max_kv_size
     model, tokenizer, name, _ = load_store(load_kw)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -43,6 +43,6 @@ def chat(max_tokens, temp, top_p, seed, system_prompt, max_kv_size, prefill_step
     try:
         chat_loop(model, tokenizer, lines(), lambda s: click.echo(s, nl=False), lambda s: click.echo(s, err=True),
                   system_prompt=system_prompt, max_kv_size=max_kv_size, max_tokens=max_tokens, temp=temp,
-                  top_p=top_p, seed=seed, prefill_step_size=prefill_step_size)  # fmt: skip
+                  top_p=top_p, seed=seed, prefill_step_size=prefill_step(model, load_kw["prefill_step_size"]))  # fmt: skip
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None

@@ -14,7 +14,7 @@ import click
 
 # Adding a command is adding its name here: module mlxstore.cli.<name> defines click
 # command <name>.
-COMMANDS = ("pack", "info", "verify", "demo", "generate", "serve", "chat")
+COMMANDS = ("pack", "info", "verify", "demo", "generate", "serve", "chat", "plan")
 
 
 class _LazyGroup(click.Group):

@@ -46,6 +46,10 @@ def load_options(command):
         click.option("--page-cache", type=click.Choice(["keep", "drop"]), default=None,
                      help="Keep a read expert's pages in the OS cache (default), or drop them."),
         click.option("--check", is_flag=True, help="Verify the checksum of every expert read."),
+        click.option("--prefill-step-size", type=click.IntRange(min=1), default=None,
+                     help="Prompt tokens per forward pass (default: the largest power of two up to 2048 whose activations fit the budget)."),
+        click.option("--past-max-context", type=click.Choice(["stop", "warn"]), default="stop", show_default=True,
+                     help="When the context would pass --max-context: stop with an error, or warn once and go on past the budget."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
@@ -53,7 +57,8 @@ def load_options(command):
 
 
 def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
-    """`(model, tokenizer, name, reserved)` from `load_options`' values; one-line errors.
+    """`(model, tokenizer, name, reserved)` from `load_options`' values (and a command's own
+    `kv_bits`, `kv_group_size`, `max_kv_size`, which the plan counts); one-line errors.
 
     prompt_cache_bytes: bytes of the budget to reserve for a prefix cache; None reserves
     one KV cache at --max-context (the server's default). group: the distributed group
@@ -64,16 +69,56 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
     from mlxstore import moe
     from mlxstore.formats import StoreError
     from mlxstore.moe.load import kv_cache_bytes
+    from mlxstore.moe.plan import CacheOptions
     from mlxstore.store import open as open_store
 
     try:
         with open_store(kw["model_path"]) as store:
-            reserved = kv_cache_bytes(store, kw["max_context"]) if prompt_cache_bytes is None else prompt_cache_bytes
+            cache = CacheOptions(kw.get("kv_bits"), kw.get("kv_group_size") or 64, kw.get("max_kv_size"))
+            reserved = kv_cache_bytes(store, kw["max_context"], cache) if prompt_cache_bytes is None else prompt_cache_bytes
             model, tokenizer = moe.load(
                 store, kw["memory_budget"], slots_per_layer=kw["slots_per_layer"], max_context=kw["max_context"],
                 headroom=kw["headroom"], policy=kw["policy"], prefetch=kw["prefetch"] or moe.DEFAULT_PREFETCH,
                 page_cache=kw["page_cache"], check=kw["check"], reserve=reserved, group=group,
+                prefill_step_size=kw["prefill_step_size"], past_max_context=kw["past_max_context"],
+                kv_bits=kw.get("kv_bits"), kv_group_size=kw.get("kv_group_size") or 64, max_kv_size=kw.get("max_kv_size"),
             )  # fmt: skip
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     return model, tokenizer, Path(kw["model_path"]).name, reserved
+
+
+def prefill_step(model, asked: int | None) -> int:
+    """The prefill step generation must use: the plan's (which honours --prefill-step-size)."""
+    from mlxstore import moe
+    from mlxstore.moe.plan import MAX_PREFILL_STEP
+
+    plan = moe.plan_of(model)
+    return plan.prefill_step_size if plan is not None else asked or MAX_PREFILL_STEP
+
+
+def check_trace_target(path: str) -> None:
+    """Refuse a --record-trace path that holds anything but a previous trace (one line)."""
+    from mlxstore.moe import record
+
+    try:
+        record.check_target(path)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def start_recording(model, path: str, name: str):
+    """Install a routing recorder on `model` (moe.record); one-line errors."""
+    from mlxstore.moe import record
+
+    try:
+        return record.record(model, path, name=name)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def stop_recording(model, recorder) -> None:
+    from mlxstore.moe import record
+
+    record.stop(model)
+    click.echo(f"recorded {recorder.tokens} tokens x {recorder.num_layers} MoE layers to {recorder.path}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import click
 
@@ -20,22 +21,34 @@ from .options import Size
               help="Start a new file when the next item would exceed this size.")
 @click.option("--compress-dense", is_flag=True,
               help="zstd-compress dense tensors (smaller; they can then not be mapped in place).")
-@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace DST if it is an mlxstore store holding nothing else (anything else is refused).")
+@click.option("--no-tokenizer", is_flag=True,
+              help="Pack without a tokenizer on purpose: tokenizer files are left out, no warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pack(src: str, dst: str, alignment: int, max_shard_size: int, compress_dense: bool,
-         overwrite: bool, quiet: bool) -> None:  # fmt: skip
+         overwrite: bool, no_tokenizer: bool, quiet: bool) -> None:  # fmt: skip
     """Pack model SRC (an mlx-lm loadable directory, or a Hugging Face repo id already in
     the local cache) into a new store DST."""
     from mlxstore.formats import StoreError
     from mlxstore.info import store_info
+    from mlxstore.pack import PackWarning
     from mlxstore.pack import pack as run_pack
 
     start = time.perf_counter()
-    try:
-        out = run_pack(src, dst, alignment=alignment, max_shard_bytes=max_shard_size,
-                       compress_dense=compress_dense, overwrite=overwrite, progress=not quiet)  # fmt: skip
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PackWarning)
+        try:
+            out = run_pack(src, dst, alignment=alignment, max_shard_bytes=max_shard_size, compress_dense=compress_dense,
+                           overwrite=overwrite, progress=not quiet, tokenizer=not no_tokenizer)  # fmt: skip
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
+        finally:
+            for w in caught:
+                if issubclass(w.category, PackWarning):
+                    click.echo(f"Warning: {w.message}", err=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     seconds = time.perf_counter() - start
     info = store_info(out)
     sizes = info["sizes"]

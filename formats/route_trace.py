@@ -1,14 +1,15 @@
-"""Reader for routing-trace CSVs (expert choices recorded from real MoE generation).
+"""Reader and writer of routing-trace CSVs (expert choices recorded from real MoE generation).
 
 Why: cache policies and the I/O path are judged on replayed real routing, not on
-synthetic routers. The format (see shared/traces/README.md) is a '#' preamble:
+synthetic routers. The format (see mlxstore/data/traces/README.md) is a '#' preamble:
 
     # route_trace v1
     # model=PATH arch=NAME n_layer=48 n_expert=128 n_expert_used=6
     # layer=0 expert_bytes=3059712 dense_bytes=11953152
 
 then a CSV header ``turn,phase,step,layer,slot,expert,weight,residency,expert_bytes``
-and one row per (token, layer, rank) in execution order.
+and one row per (token, layer, rank) in execution order. A file whose name ends in
+``.zst`` is read through zstd (the bundled traces are stored so).
 """
 
 from __future__ import annotations
@@ -248,6 +249,17 @@ def _start(meta: dict[str, str], layer_meta: dict[int, tuple[int, int]], lineno:
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[str]:
+    if os.fspath(path).endswith(".zst"):
+        import io
+
+        import zstandard
+
+        with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as z:
+            try:
+                yield from io.TextIOWrapper(z, encoding="utf-8")
+            except zstandard.ZstdError as e:
+                raise ValueError(f"cannot read the trace: {e}") from None
+        return
     with open(path, encoding="utf-8") as f:
         yield from f
 
@@ -258,3 +270,33 @@ def load_route_trace(path: str | os.PathLike[str]) -> RouteTrace:
         return parse_route_trace(_lines(path))
     except ValueError as e:
         raise ValueError(f"{os.fspath(path)}: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{os.fspath(path)}: cannot read the trace: {e.strerror or e}") from None
+
+
+HEADER = "turn,phase,step,layer,slot,expert,weight,residency,expert_bytes"
+
+
+def format_preamble(*, model: str, arch: str, n_layer: int, n_expert: int, top_k: int,
+                    expert_bytes: Iterable[int] = (), dense_bytes: Iterable[int] = ()) -> str:  # fmt: skip
+    """The '#' preamble and CSV header of a trace, newline-terminated."""
+    lines = ["# route_trace v1",
+             f"# model={_token(model)} arch={_token(arch)} n_layer={n_layer} n_expert={n_expert} "
+             f"n_expert_used={top_k}"]  # fmt: skip
+    for layer, (eb, db) in enumerate(zip(expert_bytes, dense_bytes)):
+        lines.append(f"# layer={layer} expert_bytes={eb} dense_bytes={db}")
+    return "\n".join(lines + [HEADER]) + "\n"
+
+
+def format_rows(turn: int, phase: int, step: int, layer: int, experts: Iterable[int],
+                weights: Iterable[float] | None = None) -> str:  # fmt: skip
+    """One token's rows for one layer (rank order), newline-terminated; weights default to 0."""
+    ids = list(experts)
+    ws = list(weights) if weights is not None else [0.0] * len(ids)
+    return "".join(f"{turn},{phase},{step},{layer},{slot},{e},{w:.6g},0,0\n"
+                   for slot, (e, w) in enumerate(zip(ids, ws)))  # fmt: skip
+
+
+def _token(text: str) -> str:
+    """A preamble value without the spaces that separate key=value pairs."""
+    return "".join("_" if c.isspace() else c for c in text) or "-"

@@ -3,7 +3,8 @@
 Everything goes to a hidden directory beside the destination; `finish` writes the index and
 the preambles last, fsyncs, and renames the directory into place. A writer that dies
 early leaves only that hidden directory, which the next writer for the same destination
-removes.
+removes. Overwriting replaces only a store: an existing destination must be an empty
+directory or a directory holding exactly one store's files (`check_replaceable`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,45 @@ def remove_stale_partials(dst: Path) -> None:
             d.unlink(missing_ok=True)
 
 
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_replaceable(dst: Path, overwrite: bool) -> None:
+    """Raise unless writing a store at `dst` can lose nothing but an old store.
+
+    Fine: nothing there, or an empty directory. With `overwrite`: a directory that opens
+    as one store and holds nothing else. Refused (naming what is there): a file, a link,
+    a directory that is not a store (or a damaged one), and a store with other files in
+    it, which are never deleted along with the store.
+    """
+    if not os.path.lexists(dst):
+        return
+    if dst.is_symlink():
+        raise StoreError(f"{dst} is a symbolic link (to {os.readlink(dst)}); refusing to replace it")
+    if not dst.is_dir():
+        raise StoreError(f"{dst} is a file ({dst.stat().st_size} bytes), not an mlxstore store; "
+                         "refusing to replace it")  # fmt: skip
+    names = [p.name for p in dst.iterdir()]
+    if not names:
+        return
+    if not overwrite:
+        raise StoreError(f"{dst} already exists (pass overwrite to replace it)")
+    from .reader import StoreReader
+
+    try:
+        with StoreReader(dst) as r:
+            own = {s.name for s in r.index.shards}
+    except StoreError as e:
+        raise StoreError(f"{dst} is not an mlxstore store ({e}); it holds {_listing(names)}; "
+                         "refusing to remove it") from None  # fmt: skip
+    others = [n for n in names if n not in own]
+    if others:
+        raise StoreError(f"{dst} is a store but also holds {_listing(others)}, which is not part of it; "
+                         "refusing to remove it (move those files out, or choose another destination)")  # fmt: skip
+
+
 def _byte_view(data, what: str) -> memoryview:
     """`data` as flat bytes without copying; empty and 0-d buffers included."""
     view = memoryview(data)
@@ -108,8 +148,8 @@ class StoreWriter:
         if not self.dst.parent.is_dir():
             raise StoreError(f"{self.dst.parent} is not a directory")
         remove_stale_partials(self.dst)
-        if self.dst.exists() and not overwrite:
-            raise StoreError(f"{self.dst} already exists (pass overwrite to replace it)")
+        check_replaceable(self.dst, overwrite)
+        self.overwrite = overwrite
         self.tmp = self.dst.parent / f".{self.dst.name}{PARTIAL_TAG}{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
@@ -281,6 +321,7 @@ class StoreWriter:
             os.close(fd)
         self._fds = []
         _fsync_dir(self.tmp)
+        check_replaceable(self.dst, self.overwrite)  # again: the destination may have changed since
         old = None
         if self.dst.exists():
             old = self.dst.parent / f".{self.dst.name}{OLD_TAG}{os.getpid()}"

@@ -23,6 +23,7 @@ from mlx_lm.utils import _decode_tagged_floats, _get_classes, load_tokenizer
 from .formats import StoreError
 from .formats.index import nesting_ok
 from .formats.layout import MAX_JSON_DEPTH
+from .source import LOOKED_FOR, has_tokenizer
 from .store import Store
 from .store import open as open_store
 
@@ -80,8 +81,11 @@ def load_store_tokenizer(store: Store, config: dict, tokenizer_config: dict | No
     """
     options = {"trust_remote_code": False, **(tokenizer_config or {})}
     names = [n for n in store.files if options["trust_remote_code"] or not n.endswith(".py")]
-    if not any(n.startswith("tokenizer") for n in names):
-        raise StoreError(f"{store.path}: store embeds no tokenizer files")
+    if not has_tokenizer(names):
+        why = ("it was packed with --no-tokenizer" if store.metadata.get("tokenizer") == "none"
+               else "its source had none")  # fmt: skip
+        raise StoreError(f"{store.path.parent} has no tokenizer ({why}): repack it from a model directory "
+                         f"with tokenizer files ({LOOKED_FOR})")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mlxstore-tok-") as tmp:
         for name in names:
             data = store.read_file(name)

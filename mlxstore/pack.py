@@ -25,7 +25,18 @@ from .formats import (
     StoreError,
     StoreWriter,
 )
-from .source import Source, companion_files, open_source
+from .source import (
+    LOOKED_FOR,
+    Source,
+    companion_files,
+    has_tokenizer,
+    is_tokenizer_file,
+    open_source,
+)
+
+
+class PackWarning(UserWarning):
+    """Something the store will lack that the user may not have meant (the CLI prints it)."""
 
 
 def dtype_name(dtype: mx.Dtype) -> str:
@@ -160,11 +171,14 @@ def pack(
     compress_dense: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    tokenizer: bool = True,
 ) -> Path:
     """Pack model SRC (a directory or a cached HF repo id) into a new store at DST.
 
     Nothing appears at DST unless the whole store was written. `compress_dense` zstd-
     compresses dense tensors (for archival: they then cannot be mapped in place).
+    A source without tokenizer files packs with a PackWarning (the store cannot generate
+    text); `tokenizer=False` leaves tokenizer files out on purpose, without a warning.
     """
     from mlx_lm import __version__ as mlx_lm_version
 
@@ -172,6 +186,14 @@ def pack(
     dst = Path(dst)
     _check_dst(source, dst)
     files = companion_files(source.path)
+    if not tokenizer:
+        files = [f for f in files if not is_tokenizer_file(f.name)]
+    elif not has_tokenizer(f.name for f in files):
+        import warnings
+
+        warnings.warn(f"{source.path} has no tokenizer files (looked for {LOOKED_FOR}): the store "
+                      "will not generate text; pass --no-tokenizer (tokenizer=False) if that is intended",
+                      PackWarning, stacklevel=2)  # fmt: skip
     with StoreWriter(
         dst, alignment=alignment, max_shard_bytes=max_shard_bytes, overwrite=overwrite
     ) as writer:
@@ -191,6 +213,7 @@ def pack(
             "mlx_lm_version": mlx_lm_version,
             "dense_bytes": str(dense_bytes),
             "expert_bytes": str(expert_bytes),
+            **({} if tokenizer else {"tokenizer": "none"}),
         }
         file_bytes = sum(f.stat().st_size for f in files)
         total = dense_bytes + expert_bytes + file_bytes

@@ -144,6 +144,22 @@ def is_weight_file(name: str) -> bool:
     return name.endswith(_WEIGHT_SUFFIXES) or name.endswith(_WEIGHT_INDEXES)
 
 
+# What a tokenizer is made of (transformers' file names); `tokenizer*` covers
+# tokenizer.json, tokenizer_config.json, tokenizer.model.
+TOKENIZER_NAMES = frozenset({"vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json",
+                             "added_tokens.json", "spiece.model", "sentencepiece.bpe.model"})  # fmt: skip
+LOOKED_FOR = "tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json"
+
+
+def is_tokenizer_file(name: str) -> bool:
+    return name.startswith("tokenizer") or name in TOKENIZER_NAMES or name.endswith(".tiktoken")
+
+
+def has_tokenizer(names) -> bool:
+    """Whether file `names` include a tokenizer's vocabulary or configuration."""
+    return any(is_tokenizer_file(n) for n in names)
+
+
 def companion_files(path: Path) -> list[Path]:
     """The source's non-weight files (tokenizer, templates, configs), sorted by name.
 

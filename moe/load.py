@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxstore import osio
-from mlxstore.formats import DTYPE_SIZES, StoreError
+from mlxstore.formats import StoreError
 from mlxstore.model import (
     build_model,
     check_complete,
@@ -31,9 +31,19 @@ from mlxstore.store import open as open_store
 
 from . import pipeline
 from .bank import FILL_MODES, BankOptions, ExpertBank, default_fill_mode
+from .context import guard as guard_context
 from .discover import find_switches
-from .plan import DEFAULT_MAX_CONTEXT, Plan, kv_bytes_per_token, make_plan
+from .plan import (
+    DEFAULT_MAX_CONTEXT,
+    DEFAULT_PAST_MAX_CONTEXT,
+    PAST_MAX_CONTEXT,
+    CacheOptions,
+    Plan,
+    kv_bytes,
+    make_plan,
+)
 from .policy import DEFAULT_POLICY, make_policy
+from .spec import latent_kv, store_itemsize, store_sizes
 from .stats import StreamStats
 from .streaming import PASS_MODES, PREFETCH_MODES, NextLayer, StreamingExperts, default_pass_mode
 
@@ -63,6 +73,11 @@ def load(
     tokenizer_config: dict | None = None,
     reserve: int | str = 0,
     group: mx.distributed.Group | None = None,
+    prefill_step_size: int | None = None,
+    kv_bits: int | None = None,
+    kv_group_size: int = 64,
+    max_kv_size: int | None = None,
+    past_max_context: str = DEFAULT_PAST_MAX_CONTEXT,
     fill: str | None = None,
     passes: str | None = None,
 ):
@@ -82,9 +97,18 @@ def load(
     "staged" (read into a fresh device array, copied in by MLX); None picks by backend
     (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
     (moe.streaming); None picks by backend.
+
+    Prefill and cache (issue 10): prefill_step_size forces the prompt tokens per forward
+    pass (default: the largest power of two up to 2048 whose activations fit); generation
+    must use the plan's step, `moe.plan_of(model).prefill_step_size`. kv_bits,
+    kv_group_size, max_kv_size: the KV cache generation will build, so the plan counts it.
+    past_max_context: "stop" (default) raises `moe.ContextLimitError` before the context
+    passes max_context; "warn" logs once and goes on past the budget.
     """
     if prefetch not in PREFETCH_MODES:
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
+    if past_max_context not in PAST_MAX_CONTEXT:
+        raise ValueError(f"past_max_context must be one of {PAST_MAX_CONTEXT}, got {past_max_context!r}")
     page_cache = DEFAULT_PAGE_CACHE if page_cache is None else page_cache
     if page_cache not in ("keep", "drop"):
         raise ValueError(f"page_cache must be 'keep' or 'drop', got {page_cache!r}")
@@ -99,15 +123,17 @@ def load(
     with pipeline.all_or_none(group):
         s = open_store(store) if owned else store
         try:
+            cache = CacheOptions(kv_bits, kv_group_size, max_kv_size)
             return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-                         page_cache, io_threads, check, tokenizer_config, reserve, group, fill, passes)  # fmt: skip
+                         page_cache, io_threads, check, tokenizer_config, reserve, group,
+                         (prefill_step_size, cache, past_max_context), fill, passes)  # fmt: skip
         finally:
             if owned:  # the banks read through descriptors of their own
                 s.close()
 
 
 def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-          page_cache, io_threads, check, tokenizer_config, reserve, group, fill, passes):  # fmt: skip
+          page_cache, io_threads, check, tokenizer_config, reserve, group, prefill, fill, passes):  # fmt: skip
     config = model_config(s)
     model = build_model(config, s.quantization)
     stage = pipeline.shard(model, s, group) if group is not None else None
@@ -129,7 +155,8 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
     dense = [n for n in names if s.index.tensors[n].expert_group is None]
     check_complete(model, names)
     check_shapes(model, s, names)
-    plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom, reserve)
+    plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom, reserve, model,
+                 prefill)  # fmt: skip
     log.info(plan.describe())
     load_weights(model, s, dense, check=check)
 
@@ -153,7 +180,16 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
         if nsite.router is not None and nsite.top_k:
             object.__setattr__(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
     object.__setattr__(model, "mlxstore_plan", plan)
+    _guard(model, plan, config, prefill)
     return model, load_store_tokenizer(s, config, tokenizer_config)
+
+
+def _guard(model: nn.Module, plan: Plan, config: dict, prefill) -> None:
+    """Issue 10: the context check of `moe.context`, per plan."""
+    _, cache, mode = prefill
+    per_token = kv_bytes(config, 2, plan.max_context + 1000, 1, cache) - kv_bytes(config, 2, plan.max_context, 1, cache)
+    if not guard_context(model, plan.max_context, mode, per_token):
+        log.warning("mlxstore: %s has no decoder layer list; passing max_context is not checked", type(model).__module__)
 
 
 def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
@@ -162,37 +198,34 @@ def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
         os.close(fd)
 
 
-def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom, reserve) -> Plan:
-    groups = s.expert_groups
-    per_slot = sum(sum(s.index.tensors[n].nbytes // groups[site.path].num_experts
-                       for n in groups[site.path].tensors) for site in sites)  # fmt: skip
-    num_experts = max(groups[site.path].num_experts for site in sites)
-    top_k = max((site.top_k or 1) for site in sites)
+def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom, reserve, model, prefill) -> Plan:
+    dense_bytes, per_slot, num_experts, top_k = store_sizes(s, sites, dense)
+    step, cache, _ = prefill
     return make_plan(
         budget=budget,
-        dense_bytes=sum(s.index.tensors[n].nbytes for n in dense),
+        dense_bytes=dense_bytes,
         expert_bytes=per_slot,
         num_layers=len(sites),
         num_experts=num_experts,
         top_k=top_k,
         config=config,
-        itemsize=_activation_itemsize(s),
+        itemsize=store_itemsize(s),
         max_context=max_context,
         headroom=headroom,
         slots_per_layer=slots,
         reserve=reserve,
+        prefill_step_size=step,
+        cache=CacheOptions(cache.kv_bits, cache.kv_group_size, cache.max_kv_size, latent_kv(model)),
     )
 
 
-
-def _activation_itemsize(s: Store) -> int:
-    dense = {t.dtype for t in s.index.tensors.values() if t.expert_group is None}
-    return min((DTYPE_SIZES[d] for d in dense & {"float16", "bfloat16", "float32"}), default=2)
-
-
-def kv_cache_bytes(store: Store, tokens: int) -> int:
+def kv_cache_bytes(store: Store, tokens: int, cache: CacheOptions | None = None) -> int:
     """The plan's estimate of one KV cache holding `tokens` tokens of this store's model."""
-    return kv_bytes_per_token(model_config(store), _activation_itemsize(store)) * tokens
+    config = model_config(store)
+    latent = latent_kv(build_model(config, store.quantization))  # lazy: no weight is read or allocated
+    cache = cache or CacheOptions()
+    cache = CacheOptions(cache.kv_bits, cache.kv_group_size, cache.max_kv_size, latent)
+    return kv_bytes(config, store_itemsize(store), tokens, 1, cache)
 
 
 def _banks(model: nn.Module) -> dict[str, ExpertBank]:

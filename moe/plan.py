@@ -1,19 +1,31 @@
 """The memory plan: how many expert slots per layer a budget buys, and where the bytes go.
 
-The budget is the whole footprint a user cares about: pinned dense weights + expert
-banks + the KV cache at a stated maximum context + headroom for activations and MLX's
-allocator. The KV figure is an estimate from the config (an upper bound for models with
-sliding-window or linear-attention layers).
+The budget is the MLX memory of the whole run: pinned dense weights + expert banks + the
+KV cache at a stated maximum context + prefill activations at the prefill step the plan
+picks + headroom for MLX's allocator. Everything here is estimated from the model config
+(no weights are read): the KV figure follows the cache types mlx-lm builds (full, sliding
+window, linear-attention state, `kv_bits` quantization, a rotating `max_kv_size`, the
+copy made when a cache grows its buffer); the activation figure is an upper bound of one
+decoder layer's temporaries for one prompt chunk (streamed layers synchronize once per MoE
+layer, so layers do not pile up) on a backend that materializes attention scores.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 from mlxstore.sizes import format_in, format_size, parse_size, unit_of
 
 DEFAULT_MAX_CONTEXT = 4096
+MAX_PREFILL_STEP = 2048  # mlx-lm's default prefill step, the largest the plan considers
+KV_GROWTH_STEP = 256  # mlx-lm's KVCache and QuantizedKVCache grow their buffers in these steps
+ACTIVATION_SHARE = 0.5  # at most this share of what dense + KV + top-k slots leave goes to activations
+ATTENTION_COPIES = 3  # scores, masked scores and softmax output alive at once (composed attention)
+HIDDEN_COPIES = 4  # residual, normed input, attention output, MLP output
+PAST_MAX_CONTEXT = ("stop", "warn")
+DEFAULT_PAST_MAX_CONTEXT = "stop"
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,8 @@ class Plan:
     headroom_bytes: int
     max_context: int
     reserved_bytes: int = 0  # kept for a caller's own use, e.g. the server's prompt cache
+    prefill_step_size: int = MAX_PREFILL_STEP  # prompt tokens per forward pass generation must use
+    activation_bytes: int = 0  # prefill temporaries at prefill_step_size and max_context
 
     @property
     def bank_bytes(self) -> int:
@@ -36,7 +50,8 @@ class Plan:
 
     @property
     def total_bytes(self) -> int:
-        return self.dense_bytes + self.bank_bytes + self.kv_bytes + self.headroom_bytes + self.reserved_bytes
+        return (self.dense_bytes + self.bank_bytes + self.kv_bytes + self.activation_bytes + self.headroom_bytes
+                + self.reserved_bytes)  # fmt: skip
 
     def describe(self) -> str:
         budget = format_size(self.budget) if self.budget is not None else "none"
@@ -45,9 +60,20 @@ class Plan:
             f"mlxstore plan: dense {format_size(self.dense_bytes)} + experts "
             f"{self.slots_per_layer}/{self.num_experts} slots x {self.num_layers} layers "
             f"{format_size(self.bank_bytes)} + KV@{self.max_context} {format_size(self.kv_bytes)} + "
+            f"activations@{self.prefill_step_size} {format_size(self.activation_bytes)} + "
             f"headroom {format_size(self.headroom_bytes)}{reserved} = {format_size(self.total_bytes)} "
-            f"(budget {budget})"
+            f"(budget {budget}; prefill step {self.prefill_step_size})"
         )
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """The KV cache generation will build (mlx-lm's `kv_bits`, `kv_group_size`, `max_kv_size`)."""
+
+    kv_bits: int | None = None
+    kv_group_size: int = 64
+    max_kv_size: int | None = None
+    latent: bool = False  # multi-head latent attention that caches the compressed latent (mlx-lm's absorbed MLA)
 
 
 def available_memory() -> int:
@@ -65,18 +91,145 @@ def available_memory() -> int:
         return 8 << 30
 
 
-def kv_bytes_per_token(config: dict, itemsize: int) -> int:
-    """Keys + values of every attention layer for one token, from the config."""
-    cfg = config.get("text_config", config)
-    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0
+def _text(config: dict) -> dict:
+    return config.get("text_config", config)
+
+
+def _num_layers(cfg: dict) -> int:
+    return cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0
+
+
+def layer_kinds(config: dict) -> list[str]:
+    """"full", "sliding" or "linear" for each decoder layer, from `layer_types` or
+    `full_attention_interval` (every layer "full" when the config says neither)."""
+    cfg = _text(config)
+    n = _num_layers(cfg)
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and len(types) == n:
+        return ["sliding" if "sliding" in str(t) else "linear" if "linear" in str(t) else "full" for t in types]
+    interval = cfg.get("full_attention_interval")
+    if isinstance(interval, int) and interval > 0:
+        return ["full" if (i + 1) % interval == 0 else "linear" for i in range(n)]
+    return ["full"] * n
+
+
+def _kv_width(cfg: dict, latent: bool) -> int:
+    """Elements cached per token by one attention layer (keys + values)."""
     heads = cfg.get("num_attention_heads") or 1
-    if cfg.get("kv_lora_rank"):  # multi-head latent attention caches per-head keys and values
-        width = heads * (cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0) + cfg.get("v_head_dim", 0))
+    if cfg.get("kv_lora_rank"):
+        if latent:
+            return cfg["kv_lora_rank"] + cfg.get("qk_rope_head_dim", 0)
+        return heads * (cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0) + cfg.get("v_head_dim", 0))
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    return 2 * kv_heads * _head_dim(cfg)
+
+
+def _head_dim(cfg: dict) -> int:
+    heads = cfg.get("num_attention_heads") or 1
+    return cfg.get("head_dim") or cfg.get("hidden_size", 0) // heads
+
+
+def _linear_state_bytes(cfg: dict, itemsize: int) -> int | None:
+    """A linear-attention layer's fixed state (convolution window + recurrent state), or None if unknown."""
+    try:
+        key_dim = cfg["linear_num_key_heads"] * cfg["linear_key_head_dim"]
+        value_heads, value_dim = cfg["linear_num_value_heads"], cfg["linear_value_head_dim"]
+        conv = (cfg["linear_conv_kernel_dim"] - 1) * (2 * key_dim + value_heads * value_dim) * itemsize
+    except (KeyError, TypeError):
+        return None
+    return conv + value_heads * value_dim * cfg["linear_key_head_dim"] * 4  # recurrent state in float32
+
+
+def kv_bytes_per_token(config: dict, itemsize: int, latent: bool = False) -> int:
+    """Keys + values of every attention layer for one token, unquantized, from the config."""
+    cfg = _text(config)
+    return _num_layers(cfg) * _kv_width(cfg, latent) * itemsize
+
+
+def _cached_tokens(kind: str, cfg: dict, context: int, step: int, cache: CacheOptions) -> int:
+    """Tokens one layer's cache holds at most (a rotating cache keeps its window plus one chunk)."""
+    chunk = min(step, context)
+    if kind == "sliding" and cfg.get("sliding_window"):
+        return min(context, cfg["sliding_window"] + chunk)
+    if cache.max_kv_size is not None:
+        return min(context, cache.max_kv_size + chunk)
+    return context + KV_GROWTH_STEP - 1  # a buffer grows past the tokens it holds by less than one step
+
+
+def kv_bytes(config: dict, itemsize: int, context: int, step: int = MAX_PREFILL_STEP,
+             cache: CacheOptions = CacheOptions()) -> int:  # fmt: skip
+    """The KV cache at `context` tokens, as mlx-lm builds and grows it.
+
+    Full-attention layers hold `context` tokens plus less than one growth step, sliding and
+    rotating ones their window plus one prompt chunk, linear-attention ones a fixed state.
+    While a buffer grows, the old one is alive next to the new one: one layer's worth is
+    added. With `kv_bits` the cache is quantized (bits/8 bytes per element plus a scale
+    and a bias per group) after the first chunk, which is held unquantized until then.
+    """
+    cfg = _text(config)
+    width = _kv_width(cfg, cache.latent)
+    if cache.kv_bits:
+        per_element = cache.kv_bits / 8 + 2 * itemsize / cache.kv_group_size
+    else:
+        per_element = itemsize
+    total = largest = 0
+    for kind in layer_kinds(config):
+        if kind == "linear" and (state := _linear_state_bytes(cfg, itemsize)) is not None:
+            total += state
+            continue
+        layer = math.ceil(_cached_tokens(kind, cfg, context, step, cache) * width * per_element)
+        total += layer
+        largest = max(largest, layer)
+    first_chunk = kv_bytes_per_token(config, itemsize, cache.latent) * min(step, context) if cache.kv_bits else 0
+    return total + largest + first_chunk
+
+
+def _num_experts(cfg: dict) -> int:
+    return next((cfg[k] for k in ("num_experts", "num_local_experts", "n_routed_experts") if cfg.get(k)), 0)
+
+
+def activation_bytes(config: dict, step: int, context: int, itemsize: int, cache: CacheOptions = CacheOptions(),
+                     top_k: int | None = None) -> int:  # fmt: skip
+    """Upper bound of the temporaries of one prompt chunk of `step` tokens at `context`.
+
+    One decoder layer's worth: hidden states (a few copies), the attention's projections
+    and its scores (heads x step x keys, with copies for masking and softmax; multi-head
+    latent attention also expands its latent to per-head keys and values over the
+    context), the MLP's intermediates (the dense or shared MLP, and top-k expert rows with
+    their gathered inputs), router logits in float32, and the last token's logits.
+    Generation evaluates only the last position's logits, so no step x vocab term.
+    """
+    cfg = _text(config)
+    hidden = cfg.get("hidden_size", 0)
+    heads = cfg.get("num_attention_heads") or 1
+    kinds = layer_kinds(config)
+    keys = max((_cached_tokens(k, cfg, context, step, cache) for k in kinds if k != "linear"), default=step)
+    keys = min(keys, context)
+    t = min(step, context)
+    out = HIDDEN_COPIES * t * hidden * itemsize
+    if cfg.get("kv_lora_rank"):
+        head = cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0)
+        per_head = head + cfg.get("v_head_dim", 0)
+        out += heads * (t * per_head + keys * per_head) * itemsize  # queries, outputs; per-head keys/values
     else:
         kv_heads = cfg.get("num_key_value_heads") or heads
-        head_dim = cfg.get("head_dim") or cfg.get("hidden_size", 0) // heads
-        width = 2 * kv_heads * head_dim
-    return layers * width * itemsize
+        out += (2 * heads + 2 * kv_heads) * _head_dim(cfg) * t * itemsize  # q, k, v, output
+    out += ATTENTION_COPIES * heads * t * keys * itemsize + t * keys  # scores and the boolean mask
+    if "linear" in kinds and (vheads := cfg.get("linear_num_value_heads")):
+        conv = 2 * cfg.get("linear_num_key_heads", 0) * cfg.get("linear_key_head_dim", 0)
+        conv += vheads * cfg.get("linear_value_head_dim", 0)
+        out += 3 * t * conv * itemsize  # projections, convolution and gated outputs
+    experts = _num_experts(cfg)
+    k = top_k or cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or 1
+    moe_width = cfg.get("moe_intermediate_size") or cfg.get("intermediate_size", 0)
+    dense_width = max(cfg.get("intermediate_size", 0), cfg.get("shared_expert_intermediate_size") or 0,
+                      (cfg.get("n_shared_experts") or 0) * (cfg.get("moe_intermediate_size") or 0))  # fmt: skip
+    mlp = 3 * t * dense_width * itemsize  # gate, up, activated
+    if experts:
+        mlp += t * k * (3 * moe_width + 2 * hidden) * itemsize  # per-row gate, up, activated; gathered in and out
+        mlp += 2 * t * experts * 4  # router logits and scores in float32
+    out += mlp
+    return out + 2 * (cfg.get("vocab_size") or 0) * 4
 
 
 def make_plan(
@@ -93,11 +246,19 @@ def make_plan(
     headroom: int | str | None = None,
     slots_per_layer: int | None = None,
     reserve: int | str = 0,
+    prefill_step_size: int | None = None,
+    cache: CacheOptions = CacheOptions(),
 ) -> Plan:
-    """Slots per layer for a budget (or the given number), with a clear error when too small."""
+    """Slots per layer and prefill step for a budget (or the given ones), with a clear error when too small.
+
+    The step is the largest power of two up to MAX_PREFILL_STEP whose activations fit in
+    ACTIVATION_SHARE of what dense + KV + top-k slots + headroom leave (at least 1); the
+    rest buys slots. A caller's `prefill_step_size` is taken as given and must fit.
+    """
     from mlxstore.formats import StoreError
 
-    kv = kv_bytes_per_token(config, itemsize) * max_context
+    if prefill_step_size is not None and prefill_step_size < 1:
+        raise StoreError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
     reserved = parse_size(reserve)
     budget_bytes = parse_size(budget) if budget is not None else None
     if budget_bytes is None and slots_per_layer is None:
@@ -107,15 +268,34 @@ def make_plan(
         head = max(64 << 20, base // 20)
     else:
         head = parse_size(headroom)
-    if slots_per_layer is not None:
-        if not 1 <= slots_per_layer:
-            raise StoreError(f"slots_per_layer must be >= 1, got {slots_per_layer}")
-        slots = min(slots_per_layer, num_experts)
+    if slots_per_layer is not None and slots_per_layer < 1:
+        raise StoreError(f"slots_per_layer must be >= 1, got {slots_per_layer}")
+    fixed_slots = min(slots_per_layer, num_experts) if slots_per_layer is not None else min(top_k, num_experts)
+
+    def cost(step: int) -> tuple[int, int]:
+        return (kv_bytes(config, itemsize, max_context, step, cache),
+                activation_bytes(config, step, max_context, itemsize, cache, top_k))  # fmt: skip
+
+    def fits(step: int, share: float) -> bool:
+        kv, act = cost(step)
+        free = budget_bytes - dense_bytes - fixed_slots * expert_bytes - kv - head - reserved
+        return act <= free * share
+
+    steps = [prefill_step_size] if prefill_step_size is not None else [
+        1 << i for i in range(MAX_PREFILL_STEP.bit_length() - 1, -1, -1)]  # fmt: skip
+    if budget_bytes is None:
+        step = steps[0]
     else:
-        free = budget_bytes - dense_bytes - kv - head - reserved
+        share = 1.0 if slots_per_layer is not None or prefill_step_size is not None else ACTIVATION_SHARE
+        step = next((s for s in steps if fits(s, share)), steps[-1])
+    kv, act = cost(step)
+    if slots_per_layer is not None:
+        slots = fixed_slots
+    else:
+        free = budget_bytes - dense_bytes - kv - act - head - reserved
         slots = min(num_experts, free // expert_bytes) if expert_bytes else num_experts
-        minimum = dense_bytes + top_k * expert_bytes + kv + head + reserved
         if slots < top_k:
+            minimum = dense_bytes + top_k * expert_bytes + kv + act + head + reserved
             typed = budget is not None  # state the minimum in the unit the user wrote
             shown = str(budget).strip() if typed else format_size(budget_bytes)
             need = format_in(minimum, unit_of(budget)) if typed else format_size(minimum)
@@ -124,7 +304,28 @@ def make_plan(
                 f"memory budget {shown} is too small: at least {need} "
                 f"is needed (dense {format_size(dense_bytes)} + {top_k} slots x {num_layers} layers "
                 f"{format_size(top_k * expert_bytes)} + KV at {max_context} tokens {format_size(kv)} "
+                f"+ activations at prefill step {step} {format_size(act)} "
                 f"+ headroom {format_size(head)}{kept})"
             )
     return Plan(budget_bytes, dense_bytes, expert_bytes, num_layers, num_experts, top_k, slots, kv, head, max_context,
-                reserved)
+                reserved, step, act)  # fmt: skip
+
+
+def smallest_budget(plan_at, good=lambda plan: True, high: int = 1 << 50) -> int | None:
+    """The smallest budget (to 1 MiB) at which `plan_at(budget)` plans without error and
+    `good(plan)` holds, found by bisection (None if not even `high` does)."""
+    from mlxstore.formats import StoreError
+
+    def ok(budget: int) -> bool:
+        try:
+            return good(plan_at(budget))
+        except StoreError:
+            return False
+
+    if not ok(high):
+        return None
+    lo, hi = 0, high  # ok(hi) holds, ok(lo) does not
+    while hi - lo > 1 << 20:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi

@@ -20,16 +20,16 @@ import json
 import logging
 import threading
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import ThreadingHTTPServer
 from types import SimpleNamespace
 
 from mlx_lm import server as mls
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
-from . import anthropic
+from . import anthropic, record
 from .load import plan_of
-from .plan import DEFAULT_MAX_CONTEXT
+from .plan import DEFAULT_MAX_CONTEXT, MAX_PREFILL_STEP
 
 log = logging.getLogger("mlxstore")
 
@@ -47,7 +47,7 @@ class ServeOptions:
     min_p: float = 0.0
     prompt_cache_size: int = 10  # distinct sequences mlx-lm's LRU prompt cache keeps
     prompt_cache_bytes: int = 0  # 0: no prefix cache
-    prefill_step_size: int = 2048
+    prefill_step_size: int | None = None  # None: the memory plan's step (moe.plan_of(model).prefill_step_size)
     decode_concurrency: int = 8
     chat_template_args: dict | None = None
     retry_after_s: int = 5
@@ -231,6 +231,9 @@ class Handler(mls.APIHandler):
         self.max_tokens = min(self.max_tokens, limit - len(prompt))
         if isinstance(self.wfile, _AnthropicWriter):
             self.wfile.stream.input_tokens = len(prompt)
+        recorder = record.recorder_of(self.state.generator.model_provider.model)
+        if recorder is not None:  # `serve --record-trace`: one turn per request
+            recorder.new_turn()
         super().handle_completion(request, stop_words)
 
     def handle_models_request(self) -> None:
@@ -253,6 +256,9 @@ def _content_length(headers) -> int:
 def make_server(model, tokenizer, name: str, options: ServeOptions) -> tuple[ThreadingHTTPServer, ServerState]:
     """A bound, not yet serving, HTTP server over an already-loaded model."""
     mode = mode_of(model)
+    if options.prefill_step_size is None:  # the step the memory plan counted activations for
+        plan = plan_of(model)
+        options = replace(options, prefill_step_size=plan.prefill_step_size if plan else MAX_PREFILL_STEP)
     cli_args = _cli_args(options, name)
     provider = StoreProvider(cli_args, model, tokenizer, mode == "batched")
     prompt_cache = LRUPromptCache(options.prompt_cache_size if options.prompt_cache_bytes else 0,

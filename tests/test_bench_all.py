@@ -8,15 +8,12 @@ import pytest
 
 from bench.all import run_all
 from bench.context import Ctx
-from bench.policy_sim import default_trace_dir
+from bench.policy_sim import default_trace
 from bench.scale import SCALES
 from bench.sides import Side, run_sides
 from bench.targets import TARGETS
 
-TRACE = default_trace_dir() / "qwen3-30b-a3b.route.csv"
-
-
-pytestmark = pytest.mark.skipif(not TRACE.exists(), reason="shared routing traces not present")
+TRACE = default_trace()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from bench.policy_sim import (
     SLOTS,
     command,
-    default_trace_dir,
+    default_trace,
     readme_check,
     simulate,
 )
@@ -44,13 +44,9 @@ def test_scenarios_on_hand_made_trace() -> None:
             assert row["lru"]["vs_belady"] <= 1.0
 
 
-QWEN = default_trace_dir() / "qwen3-30b-a3b.route.csv"
-
-
-@pytest.mark.skipif(not QWEN.exists(), reason="shared traces absent")
 @pytest.mark.parametrize("name", ["qwen3-30b-a3b.route.csv", "gpt-oss-120b.route.csv"])
 def test_readme_lru_figures_and_default_beats_lru(name: str) -> None:
-    result = simulate(load_route_trace(default_trace_dir() / name), ["lru", DEFAULT_POLICY], SLOTS)
+    result = simulate(load_route_trace(default_trace(name)), ["lru", DEFAULT_POLICY], SLOTS)
     check = readme_check(name, result)
     assert check is not None and check["match"], check
     for row in result["scenarios"]["gen"].values():

@@ -186,8 +186,8 @@ def test_budget_derives_slots(models):
     _, store = models["qwen3_moe"]
     model, _ = moe.load(store, slots_per_layer=16)
     full = moe.plan_of(model)
-    budget = full.dense_bytes + full.kv_bytes + 6 * full.expert_bytes + (64 << 20)
-    model, _ = moe.load(store, memory_budget=budget, headroom=64 << 20)
+    budget = full.dense_bytes + full.kv_bytes + full.activation_bytes + 6 * full.expert_bytes + (64 << 20)
+    model, _ = moe.load(store, memory_budget=budget, headroom=64 << 20, prefill_step_size=full.prefill_step_size)
     assert moe.plan_of(model).slots_per_layer == 6
     assert "budget" in moe.plan_of(model).describe()
 

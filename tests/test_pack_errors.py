@@ -124,6 +124,7 @@ def test_cli_reports_errors_without_traceback(tmp_path, src):
     r = CliRunner().invoke(main, ["pack", str(tmp_path / "nope"), str(tmp_path / "dst")])
     assert r.exit_code == 1 and "no such model directory" in r.output and "Traceback" not in r.output
     (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "notes.txt").write_text("mine")
     r = CliRunner().invoke(main, ["pack", "-q", str(src), str(tmp_path / "dst")])
     assert r.exit_code == 1 and "already exists" in r.output
     r = CliRunner().invoke(main, ["pack", "-q", "--alignment", "1000", str(src), str(tmp_path / "d2")])

@@ -18,7 +18,7 @@ EXPERTS, TOP_K = 16, 4  # the tiny qwen3_moe of mlxstore.synth
 
 
 def make_trace(n_layer: int, top_k: int, steps: int, seed: int = 0, prompt: int = 2) -> RouteTrace:
-    """A trace in the shared/traces CSV format: `prompt` prompt steps then generation."""
+    """A trace in the route-trace CSV format (mlxstore/data/traces): `prompt` prompt steps then generation."""
     rng = np.random.default_rng(seed)
     lines = ["# route_trace v1",
              f"# model=toy arch=qwen3moe n_layer={n_layer} n_expert={EXPERTS} n_expert_used={top_k}",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from mlxstore.formats.route_trace import (
     GENERATION,
     PROMPT,
+    format_preamble,
+    format_rows,
     load_route_trace,
     parse_route_trace,
 )
+from mlxstore.traces import BUNDLED_DIR, find_trace, trace_name, traces
 
 PREAMBLE = """# route_trace v1
 # model=/m/x.gguf arch=toy n_layer=2 n_expert=4 n_expert_used=2
@@ -110,17 +113,58 @@ def test_load_names_file(tmp_path: Path) -> None:
         load_route_trace(p)
 
 
-TRACES = Path(os.environ.get("MLXSTORE_TRACES", Path(__file__).resolve().parents[2] / "shared" / "traces"))
-
-
-@pytest.mark.skipif(not (TRACES / "qwen3-30b-a3b.route.csv").exists(), reason="shared traces absent")
 def test_real_traces() -> None:
-    q = load_route_trace(TRACES / "qwen3-30b-a3b.route.csv")
+    q = load_route_trace(find_trace("qwen3-30b-a3b"))
     assert (q.n_layer, q.n_expert, q.top_k) == (48, 128, 6)
     assert len(q.prompt_steps()) == 28 and len(q.generation_steps()) == 128
     assert all(len(c) == 6 for c in q.generation_calls(47))
     assert len(q.layer_calls(47)) == 129  # llama.cpp runs the last layer for the last prompt token only
-    g = load_route_trace(TRACES / "gpt-oss-120b.route.csv")
+    g = load_route_trace(find_trace("gpt-oss-120b"))
     assert (g.n_layer, g.n_expert, g.top_k) == (36, 128, 2)
     assert len(g.prompt_steps()) == 85 and len(g.generation_steps()) == 64
     assert g.expert_bytes[0] == 13219200
+
+
+def test_written_trace_reads_back(tmp_path: Path) -> None:
+    text = format_preamble(model="my model", arch="toy", n_layer=2, n_expert=4, top_k=2,
+                           expert_bytes=[100, 200], dense_bytes=[7, 8])  # fmt: skip
+    text += format_rows(0, PROMPT, 0, 0, [3, 1], [0.75, 0.25]) + format_rows(0, PROMPT, 0, 1, [0, 2])
+    text += format_rows(0, GENERATION, 1, 0, [2, 3]) + format_rows(0, GENERATION, 1, 1, [1, 0])
+    t = parse_route_trace(text.splitlines())
+    assert (t.model, t.n_layer, t.n_expert, t.top_k) == ("my_model", 2, 4, 2)
+    assert t.expert_bytes == (100, 200) and t.dense_bytes == (7, 8)
+    assert t.layer_calls(0) == [(3, 1), (2, 3)] and t.generation_calls(1) == [(1, 0)]
+    assert t.steps[0].weights[0] == (0.75, 0.25)
+
+
+def test_zst_trace_reads_like_the_csv(tmp_path: Path) -> None:
+    plain = tmp_path / "t.route.csv"
+    plain.write_text(PREAMBLE + ROWS)
+    packed = tmp_path / "t.route.csv.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    assert load_route_trace(packed) == load_route_trace(plain)
+    packed.write_bytes(b"not zstd at all")
+    with pytest.raises(ValueError, match=r"t\.route\.csv\.zst: cannot read the trace"):
+        load_route_trace(packed)
+
+
+def test_bundled_traces_resolve_inside_the_package(monkeypatch) -> None:
+    """A fresh clone or install finds the traces without ../shared or MLXSTORE_TRACES."""
+    monkeypatch.delenv("MLXSTORE_TRACES", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    found = traces()
+    assert [trace_name(p) for p in found] == ["gpt-oss-120b", "qwen3-30b-a3b"]
+    assert all(p.is_relative_to(repo) and p.parent == BUNDLED_DIR for p in found)
+    assert (BUNDLED_DIR / "README.md").read_text().count("Apache-2.0")
+    for name in ("qwen3-30b-a3b", "qwen3-30b-a3b.route.csv", "gpt-oss-120b.route.csv.zst"):
+        assert find_trace(name).parent == BUNDLED_DIR
+    with pytest.raises(FileNotFoundError, match="bundled traces: gpt-oss-120b, qwen3-30b-a3b"):
+        find_trace("nope")
+
+
+def test_trace_folder_override(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "mine.route.csv").write_text(PREAMBLE + ROWS)
+    monkeypatch.setenv("MLXSTORE_TRACES", str(tmp_path))
+    assert [p.name for p in traces()] == ["mine.route.csv"]
+    assert find_trace("mine") == tmp_path / "mine.route.csv"
+    assert find_trace("qwen3-30b-a3b").parent == BUNDLED_DIR  # still found

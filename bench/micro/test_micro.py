@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.policy_sim import default_trace_dir
+from bench.policy_sim import default_trace
 from mlxstore.formats.route_trace import load_route_trace
 from mlxstore.moe.policy import DEFAULT_POLICY, make_policy
 
-TRACE = default_trace_dir() / "qwen3-30b-a3b.route.csv"
+TRACE = default_trace()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,89 @@
+"""Passing `max_context`: the memory plan reserved KV cache for that many tokens, no more.
+
+Any caller (`mlx_lm.generate`, the server, the CLI) feeds tokens through the decoder
+layers with a cache whose `offset` counts the tokens seen, so the check sits on the
+layers: each layer's class is swapped for a subclass whose `__call__` checks first (the
+parameter tree, names and weights stay as they are). `stop` raises `ContextLimitError`
+before the token that would pass the limit runs; `warn` logs once and goes on, and then
+the KV cache grows past the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import mlx.nn as nn
+
+from mlxstore.sizes import format_size
+
+from .plan import PAST_MAX_CONTEXT
+
+log = logging.getLogger("mlxstore")
+
+
+class ContextLimitError(ValueError):
+    """The context would pass the `max_context` the memory plan reserved KV cache for."""
+
+
+@dataclass
+class _Limit:
+    max_context: int
+    mode: str
+    kv_per_token: int
+    warned: bool = False
+
+    def check(self, offset: int, tokens: int) -> None:
+        reach = offset + tokens
+        if reach <= self.max_context:
+            return
+        if self.mode == "stop":
+            raise ContextLimitError(
+                f"context would reach {reach} tokens, past max_context {self.max_context} (the KV cache the "
+                "memory plan reserved); load with a larger max_context, or past_max_context='warn' to go on "
+                "beyond the memory budget"
+            )
+        if not self.warned:
+            self.warned = True
+            log.warning(
+                "mlxstore: context reached %d tokens, past max_context %d (the KV cache the memory plan "
+                "reserved): memory now grows past the budget by about %s per 1000 tokens "
+                "(past_max_context='warn'; 'stop' would have stopped here)",
+                reach, self.max_context, format_size(self.kv_per_token * 1000),
+            )  # fmt: skip
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _guarded_class(cls: type) -> type:
+    if cls not in _GUARDED:
+
+        def __call__(self, *args, **kwargs):
+            cache = kwargs.get("cache")
+            if cache is None:
+                cache = next((a for a in args[1:] if hasattr(a, "offset") and hasattr(a, "update_and_fetch")), None)
+            x = args[0] if args else kwargs.get("x")
+            if cache is not None and isinstance(getattr(cache, "offset", None), int) and getattr(x, "ndim", 0) >= 2:
+                self.mlxstore_context.check(cache.offset, x.shape[1])
+            return cls.__call__(self, *args, **kwargs)
+
+        _GUARDED[cls] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+    return _GUARDED[cls]
+
+
+def guard(model: nn.Module, max_context: int, mode: str, kv_per_token: int) -> bool:
+    """Make `model`'s decoder layers check the context against `max_context` (mode "stop"
+    or "warn"); False when the model has no `layers` list to guard."""
+    if mode not in PAST_MAX_CONTEXT:
+        raise ValueError(f"past_max_context must be one of {PAST_MAX_CONTEXT}, got {mode!r}")
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, list) or not layers:
+        return False
+    limit = _Limit(max_context, mode, kv_per_token)
+    for layer in layers:
+        if not isinstance(layer, nn.Module):
+            continue
+        object.__setattr__(layer, "mlxstore_context", limit)
+        layer.__class__ = _guarded_class(type(layer))
+    return True
