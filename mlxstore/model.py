@@ -20,9 +20,10 @@ import mlx.nn as nn
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _decode_tagged_floats, _get_classes, load_tokenizer
 
-from .formats import StoreError
-from .formats.index import nesting_ok
-from .formats.layout import MAX_JSON_DEPTH
+from mlxstore.formats import StoreError
+from mlxstore.formats.index import nesting_ok
+from mlxstore.formats.layout import MAX_JSON_DEPTH
+
 from .store import Store
 from .store import open as open_store
 

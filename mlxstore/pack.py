@@ -18,13 +18,14 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from .formats import (
+from mlxstore.formats import (
     DEFAULT_ALIGNMENT,
     DEFAULT_MAX_SHARD_BYTES,
     DTYPE_SIZES,
     StoreError,
     StoreWriter,
 )
+
 from .source import Source, companion_files, open_source
 
 

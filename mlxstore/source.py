@@ -14,8 +14,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .formats import StoreError
-from .formats.layout import check_file_name
+from mlxstore.formats import StoreError
+from mlxstore.formats.layout import check_file_name
 
 # Weight files are repacked, never embedded. Other checkpoint formats that may sit next
 # to the safetensors are skipped too: mlx-lm does not read them and they can be huge.

@@ -33,10 +33,19 @@ import mlx.core as mx
 import numpy as np
 import zstandard
 
+from mlxstore.formats import (
+    ChecksumError,
+    ExpertGroup,
+    Index,
+    Piece,
+    StoreError,
+    StoreReader,
+    Tensor,
+)
+from mlxstore.formats.layout import xxh3
+from mlxstore.formats.reader import check_zstd_frame
+
 from . import buffers, osio
-from .formats import ChecksumError, ExpertGroup, Index, Piece, StoreError, StoreReader, Tensor
-from .formats.layout import xxh3
-from .formats.reader import check_zstd_frame
 
 
 class Store:
