@@ -53,9 +53,9 @@ def _xxh3_gbps() -> float:
 def _decode(store: Path, check: bool, slots: int, tokens: int) -> dict:
     import mlx.core as mx
     import numpy as np
-    from mlx_lm.models.cache import make_prompt_cache
 
     from mlxstore import moe
+    from mlxstore.mlxlm import make_prompt_cache
 
     model, _ = moe.load(store, slots_per_layer=slots, check=check)
     ids = np.random.default_rng(1).integers(3, CONFIG["vocab_size"], tokens)

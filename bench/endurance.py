@@ -59,10 +59,10 @@ def _spread(values: list[int]) -> float:
 
 def run(tokens: int, warmup: int, every: int, max_kv: int, seed: int, root: Path) -> dict:
     import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
 
     import mlxstore
     from mlxstore import moe
+    from mlxstore.mlxlm import make_prompt_cache
     from mlxstore.pack import pack
     from mlxstore.synth import make_model_dir
 

@@ -46,7 +46,7 @@ def worker(store: str, budget: int, trace: str, tokens: int, out: str) -> None:
     model, _ = moe.load(store, budget, max_context=256, headroom="4MiB", group=group)
     replay.replay(model, load_route_trace(trace))
     prompt = mx.array([[5, 6, 7, 8]])
-    from mlx_lm.models.cache import make_prompt_cache
+    from mlxstore.mlxlm import make_prompt_cache
 
     cache = make_prompt_cache(model)
     token = mx.argmax(model(prompt, cache=cache)[:, -1:], axis=-1)

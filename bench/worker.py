@@ -179,7 +179,8 @@ def op_prefill(s: Session, tokens: list[int], chunk: int = 512, fresh: bool = Tr
     Decode continues from the cache of the latest prefill.
     """
     import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlxstore.mlxlm import make_prompt_cache
 
     if fresh or cache not in s.caches:
         s.caches[cache] = make_prompt_cache(s.model)
@@ -200,7 +201,8 @@ def op_prefill(s: Session, tokens: list[int], chunk: int = 512, fresh: bool = Tr
 def op_decode(s: Session, n: int = 1) -> dict:
     """Greedy decode of `n` tokens, one synchronous step each (per-token wall times)."""
     import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlxstore.mlxlm import make_prompt_cache
 
     if s.cache is None:
         s.cache = make_prompt_cache(s.model)

@@ -50,7 +50,7 @@ def host_bytes(array: mx.array) -> np.ndarray:
 
 def expert_modules(model: nn.Module) -> dict[str, int]:
     """{path: num_experts} of every SwitchGLU / SwitchMLP in the model, found by type."""
-    from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
+    from mlxstore.mlxlm import SwitchGLU, SwitchMLP
 
     out = {}
     for path, module in model.named_modules():
@@ -123,7 +123,7 @@ def _check_dst(source: Source, dst: Path) -> None:
 
 
 def _load(source: Source) -> tuple[nn.Module, dict]:
-    from mlx_lm.utils import load_model
+    from mlxstore.mlxlm import load_model
 
     try:
         return load_model(source.path, lazy=True)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
+
+from mlxstore.mlxlm import SwitchGLU, SwitchMLP
 
 SWITCH_TYPES = (SwitchGLU, SwitchMLP)
 _TOP_K_NAMES = ("top_k", "num_experts_per_tok", "experts_per_token", "moe_topk", "n_activated")

@@ -198,7 +198,7 @@ def shard(model: nn.Module, store, group: mx.distributed.Group) -> Stage:
 
     Run before weights load: layers of other ranks are dropped and never materialized.
     """
-    from mlx_lm.models.cache import make_prompt_cache
+    from mlxstore.mlxlm import make_prompt_cache
 
     owner, key, prefix = _layer_list(model)
     layers = owner[key]

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
 
 from mlxstore.formats.route_trace import GENERATION, RouteTrace
+from mlxstore.mlxlm import SwitchGLU, SwitchMLP
 
 from .streaming import StreamingExperts
 

@@ -12,10 +12,10 @@ import threading
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
 
 import mlxstore
 from mlxstore import moe
+from mlxstore.mlxlm import make_prompt_cache
 
 
 def _io_threads() -> set[threading.Thread]:

@@ -6,12 +6,11 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
-from mlx_lm.sample_utils import make_sampler
 
 import mlxstore
 from mlxstore import moe, osio
 from mlxstore.formats import StoreError
+from mlxstore.mlxlm import make_prompt_cache, make_sampler
 from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir, tiny_config
 

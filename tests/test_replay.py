@@ -6,10 +6,10 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
 
 from mlxstore import moe
 from mlxstore.formats.route_trace import GENERATION, PROMPT, RouteTrace, parse_route_trace
+from mlxstore.mlxlm import make_prompt_cache
 from mlxstore.moe.replay import pad_rows, replay, replayed, restore, rewind
 from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir
