@@ -27,6 +27,7 @@ from mlxstore.formats import (
 )
 
 from .source import Source, companion_files, open_source
+from .switches import find_switches, num_experts
 
 
 def dtype_name(dtype: mx.Dtype) -> str:
@@ -49,21 +50,13 @@ def host_bytes(array: mx.array) -> np.ndarray:
 
 
 def expert_modules(model: nn.Module) -> dict[str, int]:
-    """{path: num_experts} of every SwitchGLU / SwitchMLP in the model, found by type."""
-    from mlxstore.mlxlm import SwitchGLU, SwitchMLP
-
+    """{path: num_experts} of every switch module of the model (mlxstore.switches)."""
     out = {}
-    for path, module in model.named_modules():
-        if not isinstance(module, (SwitchGLU, SwitchMLP)):
-            continue
-        counts = {
-            int(m.num_experts) for _, m in module.named_modules() if hasattr(m, "num_experts")
-        }
-        if len(counts) != 1:
-            raise StoreError(
-                f"{path}: cannot tell its number of experts (projections say {sorted(counts)})"
-            )
-        out[path] = counts.pop()
+    for site in find_switches(model):
+        try:
+            out[site.path] = num_experts(site.module)
+        except ValueError as e:
+            raise StoreError(f"{site.path}: {e}") from None
     return out
 
 

@@ -28,10 +28,10 @@ from mlxstore.model import (
 )
 from mlxstore.store import Store
 from mlxstore.store import open as open_store
+from mlxstore.switches import find_switches
 
 from . import pipeline
 from .bank import BankOptions, ExpertBank
-from .discover import find_switches
 from .plan import DEFAULT_MAX_CONTEXT, Plan, kv_bytes_per_token, make_plan
 from .policy import DEFAULT_POLICY, make_policy
 from .stats import StreamStats

@@ -28,7 +28,8 @@ import mlx.nn as nn
 import numpy as np
 
 from mlxstore.formats.route_trace import GENERATION, RouteTrace
-from mlxstore.mlxlm import SwitchGLU, SwitchMLP
+from mlxstore.mlxlm import SWITCH_TYPES
+from mlxstore.switches import SwitchSite, find_switches, num_experts
 
 from .streaming import StreamingExperts
 
@@ -100,33 +101,15 @@ def pad_rows(calls: Sequence[tuple[int, ...]], k: int, num_experts: int, seed: i
     return out
 
 
-def _switch_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Outermost expert modules in layer order: StreamingExperts, or SwitchGLU / SwitchMLP."""
-    kinds = (ReplayedExperts, StreamingExperts, SwitchGLU, SwitchMLP)
-    found = [(p, m) for p, m in model.named_modules() if isinstance(m, kinds)]
-    outer = [(p, m) for p, m in found if not any(p.startswith(q + ".") for q, _ in found)]
-    return sorted(outer, key=lambda pm: _natural_key(pm[0]))
-
-
-def _natural_key(path: str) -> list:
-    return [int(t) if t.isdigit() else t for t in path.replace(".", " . ").split()]
-
-
-def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent_path, _, attr = path.rpartition(".")
-    node = model
-    for part in parent_path.split(".") if parent_path else []:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return node, attr
+def _switch_sites(model: nn.Module) -> list[SwitchSite]:
+    """Outermost expert modules in layer order: a replay wrapper, StreamingExperts or a switch."""
+    return find_switches(model, (ReplayedExperts, StreamingExperts, *SWITCH_TYPES))
 
 
 def _num_experts(module: nn.Module) -> int:
     if isinstance(module, StreamingExperts):
         return module.bank.num_experts
-    counts = {int(m.num_experts) for _, m in module.named_modules() if hasattr(m, "num_experts")}
-    if len(counts) != 1:
-        raise ValueError(f"cannot tell the number of experts of {type(module).__name__}: {counts}")
-    return counts.pop()
+    return num_experts(module)
 
 
 def replay(
@@ -147,27 +130,26 @@ def replay(
     sites = _switch_sites(model)
     if not sites:
         raise ValueError("the model has no MoE switch modules to replay into")
-    if any(isinstance(m, ReplayedExperts) for _, m in sites):
+    if any(isinstance(site.module, ReplayedExperts) for site in sites):
         raise ValueError("the model already replays a trace; call restore(model) first")
     wanted = tuple(phases)
     wrappers = []
-    for n, (path, module) in enumerate(sites):
+    for n, site in enumerate(sites):
         layer = n % trace.n_layer
         calls = trace.layer_calls(layer, wanted)
-        num_experts = _num_experts(module)
-        if trace.n_expert > num_experts and any(max(c) >= num_experts for c in calls):
-            raise ValueError(f"{path}: the trace uses expert ids up to {trace.n_expert - 1}, "
-                             f"the model's layer has {num_experts} experts")  # fmt: skip
-        wrapper = ReplayedExperts(module, calls, num_experts, seed * 100_003 + n, record, sync)
-        parent, attr = _parent(model, path)
-        setattr(parent, attr, wrapper)
+        experts = _num_experts(site.module)
+        if trace.n_expert > experts and any(max(c) >= experts for c in calls):
+            raise ValueError(f"{site.path}: the trace uses expert ids up to {trace.n_expert - 1}, "
+                             f"the model's layer has {experts} experts")  # fmt: skip
+        wrapper = ReplayedExperts(site.module, calls, experts, seed * 100_003 + n, record, sync)
+        setattr(site.parent, site.attr, wrapper)
         wrappers.append(wrapper)
     return wrappers
 
 
 def replayed(model: nn.Module) -> list[ReplayedExperts]:
     """The replay wrappers of `model`, in layer order (empty when it does not replay)."""
-    return [m for _, m in _switch_sites(model) if isinstance(m, ReplayedExperts)]
+    return [s.module for s in _switch_sites(model) if isinstance(s.module, ReplayedExperts)]
 
 
 def rewind(model: nn.Module, step: int = 0) -> None:
@@ -179,7 +161,6 @@ def rewind(model: nn.Module, step: int = 0) -> None:
 
 def restore(model: nn.Module) -> None:
     """Put the original switch modules back: the router decides again."""
-    for path, m in _switch_sites(model):
-        if isinstance(m, ReplayedExperts):
-            parent, attr = _parent(model, path)
-            setattr(parent, attr, m.inner)
+    for site in _switch_sites(model):
+        if isinstance(site.module, ReplayedExperts):
+            setattr(site.parent, site.attr, site.module.inner)
