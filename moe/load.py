@@ -32,6 +32,7 @@ from mlxstore.switches import find_switches
 
 from . import pipeline
 from .bank import BankOptions, ExpertBank
+from .plain import set_plain
 from .plan import DEFAULT_MAX_CONTEXT, Plan, kv_bytes_per_token, make_plan
 from .policy import DEFAULT_POLICY, make_policy
 from .stats import StreamStats
@@ -109,7 +110,7 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
         log.warning("mlxstore: %s has no experts to stream; loading it resident", s.path)
         check_complete(model, names)
         load_weights(model, s, names, check=check)
-        object.__setattr__(model, "mlxstore_plan", None)
+        set_plain(model, "mlxstore_plan", None)
         return model, load_store_tokenizer(s, config, tokenizer_config)
     missing = [site.path for site in sites if site.path not in groups]
     if missing:
@@ -139,8 +140,8 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
         wrappers.append((site, wrapper))
     for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):
         if nsite.router is not None and nsite.top_k:
-            object.__setattr__(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
-    object.__setattr__(model, "mlxstore_plan", plan)
+            set_plain(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
+    set_plain(model, "mlxstore_plan", plan)
     return model, load_store_tokenizer(s, config, tokenizer_config)
 
 

@@ -31,6 +31,7 @@ from mlxstore.formats.route_trace import GENERATION, RouteTrace
 from mlxstore.mlxlm import SWITCH_TYPES
 from mlxstore.switches import SwitchSite, find_switches, num_experts
 
+from .plain import set_plain
 from .streaming import StreamingExperts
 
 
@@ -43,14 +44,14 @@ class ReplayedExperts(nn.Module):
         self.inner = inner
         if sync is None:
             sync = isinstance(inner, StreamingExperts)
-        object.__setattr__(self, "num_experts", num_experts)
-        object.__setattr__(self, "sync", sync)
-        object.__setattr__(self, "sync_seconds", 0.0)
-        object.__setattr__(self, "_calls", calls)
-        object.__setattr__(self, "_seed", seed)
-        object.__setattr__(self, "_tables", {})
-        object.__setattr__(self, "cursor", 0)
-        object.__setattr__(self, "log", [] if record else None)
+        set_plain(self, "num_experts", num_experts)
+        set_plain(self, "sync", sync)
+        set_plain(self, "sync_seconds", 0.0)
+        set_plain(self, "_calls", calls)
+        set_plain(self, "_seed", seed)
+        set_plain(self, "_tables", {})
+        set_plain(self, "cursor", 0)
+        set_plain(self, "log", [] if record else None)
 
     def table(self, k: int) -> np.ndarray:
         """`[steps, k]` expert ids: trace rows cut or padded to k (built once per k)."""
@@ -63,7 +64,7 @@ class ReplayedExperts(nn.Module):
         """The next `tokens` rows of the table, wrapping around; advances the cursor."""
         table = self.table(k)
         rows = np.arange(self.cursor, self.cursor + tokens) % table.shape[0]
-        object.__setattr__(self, "cursor", (self.cursor + tokens) % table.shape[0])
+        set_plain(self, "cursor", (self.cursor + tokens) % table.shape[0])
         return table[rows]
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
@@ -74,7 +75,7 @@ class ReplayedExperts(nn.Module):
             # every expert maps one token's ids on the device and makes none)
             start = time.perf_counter()
             mx.eval(indices)
-            object.__setattr__(self, "sync_seconds", self.sync_seconds + time.perf_counter() - start)
+            set_plain(self, "sync_seconds", self.sync_seconds + time.perf_counter() - start)
         k = indices.shape[-1]
         ids = self.take(indices.size // k, k)
         if self.log is not None:
@@ -155,8 +156,8 @@ def replayed(model: nn.Module) -> list[ReplayedExperts]:
 def rewind(model: nn.Module, step: int = 0) -> None:
     """Restart every layer's replay at trace row `step` (e.g. before a second run)."""
     for w in replayed(model):
-        object.__setattr__(w, "cursor", step)
-        object.__setattr__(w, "sync_seconds", 0.0)
+        set_plain(w, "cursor", step)
+        set_plain(w, "sync_seconds", 0.0)
 
 
 def restore(model: nn.Module) -> None:
