@@ -40,11 +40,10 @@ from .streaming import PREFETCH_MODES, NextLayer, StreamingExperts
 
 log = logging.getLogger("mlxstore")
 
-# Chosen from `python -m bench all --quick` (bench/results/latest.md, prefetch x page-cache
-# table on trace replay under a 3x memory cap, tok/s): none/drop 2.487, none/keep 2.478,
-# temporal/drop 2.491 (4 of 86 hints used: within noise, extra machinery), next-layer/drop
-# 2.391. Drop was at least as fast as keep in every run; WILLNEED hints did not pay for the
-# disk traffic they add, as flash-moe also measured.
+# Chosen from the prefetch x page-cache table of `python -m bench all` (README, "Measured"):
+# dropping read pages was never slower than keeping them (an expert held twice, in a slot
+# and in the page cache, only takes memory from the slots), and WILLNEED hints were rarely
+# used and did not pay for the disk traffic they add.
 DEFAULT_PREFETCH = "none"
 DEFAULT_PAGE_CACHE = "drop"
 DEFAULT_IO_THREADS = 4
