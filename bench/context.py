@@ -9,6 +9,7 @@ import numpy as np
 
 from bench.prepare import drop_tree_cache, tree_bytes
 from bench.scale import Scale
+from mlxstore.moe.load import DEFAULT_IO_THREADS
 
 
 @dataclass
@@ -18,7 +19,7 @@ class Ctx:
     store: Path  # the store packed from it (by the timed P7 pack)
     trace: Path  # the routing trace every decode replays
     work: Path  # scratch: logs, store copies
-    io_threads: int = 4  # the streamed path's read threads (moe.load default)
+    io_threads: int = DEFAULT_IO_THREADS  # the raw-read reference uses as many threads as moe.load
 
     @property
     def logs(self) -> Path:

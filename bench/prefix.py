@@ -25,10 +25,11 @@ def _side(store: Path, budget: str, cache: bool, system: str, turns: list[str], 
     import openai
 
     from mlxstore.moe.load import kv_cache_bytes, load
+    from mlxstore.moe.plan import DEFAULT_MAX_CONTEXT
     from mlxstore.moe.server import ServeOptions, make_server
     from mlxstore.store import open as open_store
 
-    max_context = 4096
+    max_context = DEFAULT_MAX_CONTEXT
     with open_store(store) as s:
         reserve = kv_cache_bytes(s, max_context) if cache else 0
     model, tokenizer = load(store, budget, max_context=max_context, headroom="16MiB", reserve=reserve)

@@ -19,6 +19,48 @@ class Size(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class LibraryDefault:
+    """A flag's default read from the library when it is needed (parsing, or --help).
+
+    Each default lives once, in the library (`moe.load`, `moe.plan`, `ServeOptions`,
+    `generate_text`); the flag names where. Reading it late keeps `mlxstore --help` from
+    importing MLX and mlx-lm.
+    """
+
+    def __init__(self, module: str, name: str, param: str | None = None):
+        self.module, self.name, self.param = module, name, param
+
+    def value(self):
+        import importlib
+        import inspect
+
+        obj = importlib.import_module(self.module)
+        for part in self.name.split("."):
+            obj = getattr(obj, part)
+        return obj if self.param is None else inspect.signature(obj).parameters[self.param].default
+
+
+class Option(click.Option):
+    """click.Option that resolves a `LibraryDefault`."""
+
+    def get_default(self, ctx, call=True):
+        value = super().get_default(ctx, call=call)
+        return value.value() if isinstance(value, LibraryDefault) else value
+
+
+def serve_default(field: str) -> LibraryDefault:
+    return LibraryDefault("mlxstore.moe.server", f"ServeOptions.{field}")
+
+
+def generate_default(param: str) -> LibraryDefault:
+    return LibraryDefault("mlxstore.moe.generate", "generate_text", param)
+
+
+def option(*decls, **kw):
+    """`click.option` whose default may be a `LibraryDefault`."""
+    return click.option(*decls, cls=Option, **kw)
+
+
 class SizeText(Size):
     """A size checked like `Size` but kept as typed, so errors can answer in the user's unit."""
 
@@ -35,20 +77,22 @@ def load_options(command):
                      help="Whole footprint, e.g. 8GB, 8GiB, 8000MB or bytes; default plans from available memory."),
         click.option("--slots-per-layer", type=click.IntRange(min=1), default=None,
                      help="Fix the expert bank size (overrides the budget)."),
-        click.option("--max-context", type=click.IntRange(min=1), default=4096, show_default=True,
-                     help="KV cache tokens the budget reserves (longer prompts are refused)."),
+        option("--max-context", type=click.IntRange(min=1), show_default=True,
+               default=LibraryDefault("mlxstore.moe.plan", "DEFAULT_MAX_CONTEXT"),
+               help="KV cache tokens the budget reserves (longer prompts are refused)."),
         click.option("--headroom", type=SizeText(), default=None,
                      help="Bytes of the budget kept free for activations (default 5%, at least 64 MiB)."),
-        click.option("--policy", default="default", show_default=True,
-                     help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
-        click.option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), default=None,
-                     help="Expert prefetch hints (default: none)."),
-        click.option("--page-cache", type=click.Choice(["keep", "drop"]), default="drop", show_default=True,
-                     help="Drop a read expert's pages from the OS cache, or keep them."),
+        option("--policy", default=LibraryDefault("mlxstore.moe.policy", "DEFAULT_POLICY"), show_default=True,
+               help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
+        option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), show_default=True,
+               default=LibraryDefault("mlxstore.moe.load", "DEFAULT_PREFETCH"), help="Expert prefetch hints."),
+        option("--page-cache", type=click.Choice(["keep", "drop"]), show_default=True,
+               default=LibraryDefault("mlxstore.moe.load", "DEFAULT_PAGE_CACHE"),
+               help="Drop a read expert's pages from the OS cache, or keep them."),
         click.option("--check", is_flag=True, help="Verify the checksum of every expert read."),
     ]  # fmt: skip
-    for option in reversed(options):
-        command = option(command)
+    for decorate in reversed(options):
+        command = decorate(command)
     return command
 
 
@@ -71,7 +115,7 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
             reserved = kv_cache_bytes(store, kw["max_context"]) if prompt_cache_bytes is None else prompt_cache_bytes
             model, tokenizer = moe.load(
                 store, kw["memory_budget"], slots_per_layer=kw["slots_per_layer"], max_context=kw["max_context"],
-                headroom=kw["headroom"], policy=kw["policy"], prefetch=kw["prefetch"] or moe.DEFAULT_PREFETCH,
+                headroom=kw["headroom"], policy=kw["policy"], prefetch=kw["prefetch"],
                 page_cache=kw["page_cache"], check=kw["check"], reserve=reserved, group=group,
             )  # fmt: skip
     except (StoreError, ValueError) as e:
