@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from bench.driver import Worker, WorkerDied, WorkerError, merge
-from bench.rawio import raw_batches
-from bench.report import targets_table
-from bench.targets import TARGETS, verdict
-from bench.worker import read_bytes_so_far, serve
+from bench.harness.driver import Worker, WorkerDied, WorkerError, merge
+from bench.harness.rawio import raw_batches
+from bench.harness.report import targets_table
+from bench.harness.targets import TARGETS, verdict
+from bench.harness.worker import read_bytes_so_far, serve
 
 
 def test_serve_answers_and_reports_errors():
