@@ -22,7 +22,7 @@ class Size(click.ParamType):
 class LibraryDefault:
     """A flag's default read from the library when it is needed (parsing, or --help).
 
-    Each default lives once, in the library (`moe.load`, `moe.plan`, `ServeOptions`,
+    Each default lives once, in the library (`moe.options.LoadOptions`, `ServeOptions`,
     `generate_text`); the flag names where. Reading it late keeps `mlxstore --help` from
     importing MLX and mlx-lm.
     """
@@ -46,6 +46,10 @@ class Option(click.Option):
     def get_default(self, ctx, call=True):
         value = super().get_default(ctx, call=call)
         return value.value() if isinstance(value, LibraryDefault) else value
+
+
+def load_default(field: str) -> LibraryDefault:
+    return LibraryDefault("mlxstore.moe.options", f"LoadOptions.{field}")
 
 
 def serve_default(field: str) -> LibraryDefault:
@@ -78,16 +82,16 @@ def load_options(command):
         click.option("--slots-per-layer", type=click.IntRange(min=1), default=None,
                      help="Fix the expert bank size (overrides the budget)."),
         option("--max-context", type=click.IntRange(min=1), show_default=True,
-               default=LibraryDefault("mlxstore.moe.plan", "DEFAULT_MAX_CONTEXT"),
+               default=load_default("max_context"),
                help="KV cache tokens the budget reserves (longer prompts are refused)."),
         click.option("--headroom", type=SizeText(), default=None,
                      help="Bytes of the budget kept free for activations (default 5%, at least 64 MiB)."),
-        option("--policy", default=LibraryDefault("mlxstore.moe.policy", "DEFAULT_POLICY"), show_default=True,
+        option("--policy", default=load_default("policy"), show_default=True,
                help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
         option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), show_default=True,
-               default=LibraryDefault("mlxstore.moe.load", "DEFAULT_PREFETCH"), help="Expert prefetch hints."),
+               default=load_default("prefetch"), help="Expert prefetch hints."),
         option("--page-cache", type=click.Choice(["keep", "drop"]), show_default=True,
-               default=LibraryDefault("mlxstore.moe.load", "DEFAULT_PAGE_CACHE"),
+               default=load_default("page_cache"),
                help="Drop a read expert's pages from the OS cache, or keep them."),
         click.option("--check", is_flag=True, help="Verify the checksum of every expert read."),
     ]  # fmt: skip
@@ -108,16 +112,18 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
     from mlxstore import moe
     from mlxstore.formats import StoreError
     from mlxstore.moe.load import kv_cache_bytes
+    from mlxstore.moe.options import LoadOptions
     from mlxstore.store import open as open_store
 
     try:
         with open_store(kw["model_path"]) as store:
             reserved = kv_cache_bytes(store, kw["max_context"]) if prompt_cache_bytes is None else prompt_cache_bytes
-            model, tokenizer = moe.load(
-                store, kw["memory_budget"], slots_per_layer=kw["slots_per_layer"], max_context=kw["max_context"],
-                headroom=kw["headroom"], policy=kw["policy"], prefetch=kw["prefetch"],
-                page_cache=kw["page_cache"], check=kw["check"], reserve=reserved, group=group,
+            options = LoadOptions(
+                memory_budget=kw["memory_budget"], slots_per_layer=kw["slots_per_layer"],
+                max_context=kw["max_context"], headroom=kw["headroom"], policy=kw["policy"],
+                prefetch=kw["prefetch"], page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
             )  # fmt: skip
+            model, tokenizer = moe.load_with(store, options, group=group)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     return model, tokenizer, Path(kw["model_path"]).name, reserved

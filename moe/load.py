@@ -32,22 +32,14 @@ from mlxstore.switches import find_switches
 
 from . import pipeline
 from .bank import BankOptions, ExpertBank
+from .options import DEFAULT_IO_THREADS, DEFAULT_PAGE_CACHE, DEFAULT_PREFETCH, LoadOptions
 from .plain import set_plain
 from .plan import DEFAULT_MAX_CONTEXT, Plan, kv_bytes_per_token, make_plan
 from .policy import DEFAULT_POLICY, make_policy
 from .stats import StreamStats
-from .streaming import PREFETCH_MODES, NextLayer, StreamingExperts
+from .streaming import NextLayer, StreamingExperts
 
 log = logging.getLogger("mlxstore")
-
-# Chosen from the prefetch x page-cache table of `python -m bench all` (README, "Measured"):
-# dropping read pages was never slower than keeping them (an expert held twice, in a slot
-# and in the page cache, only takes memory from the slots), and WILLNEED hints were rarely
-# used and did not pay for the disk traffic they add.
-DEFAULT_PREFETCH = "none"
-DEFAULT_PAGE_CACHE = "drop"
-DEFAULT_IO_THREADS = 4
-
 
 def load(
     store: str | os.PathLike | Store,
@@ -77,25 +69,31 @@ def load(
     prompt cache), not given to expert slots. group: an `mx.distributed` group of more
     than one rank runs the model as a pipeline (moe.pipeline): this rank loads and streams only its own layers,
     under its own budget; every rank must call `load` and then run the same steps.
+    Bad values raise `OptionError` (a ValueError) naming the option (moe/options.py).
     """
-    if prefetch not in PREFETCH_MODES:
-        raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
-    if page_cache not in ("keep", "drop"):
-        raise ValueError(f"page_cache must be 'keep' or 'drop', got {page_cache!r}")
+    options = LoadOptions(
+        memory_budget=memory_budget, slots_per_layer=slots_per_layer, max_context=max_context,
+        headroom=headroom, policy=policy, prefetch=prefetch, page_cache=page_cache,
+        io_threads=io_threads, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
+    )  # fmt: skip
+    return load_with(store, options, group)
+
+
+def load_with(store: str | os.PathLike | Store, options: LoadOptions,
+              group: mx.distributed.Group | None = None):  # fmt: skip
+    """`load` with its options in one `LoadOptions` (what the CLI builds)."""
     owned = not isinstance(store, Store)
     group = group if group is not None and group.size() > 1 else None
     with pipeline.all_or_none(group):
         s = open_store(store) if owned else store
         try:
-            return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-                         page_cache, io_threads, check, tokenizer_config, reserve, group)  # fmt: skip
+            return _load(s, options, group)
         finally:
             if owned:  # the banks read through descriptors of their own
                 s.close()
 
 
-def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-          page_cache, io_threads, check, tokenizer_config, reserve, group):  # fmt: skip
+def _load(s: Store, o: LoadOptions, group):
     config = model_config(s)
     model = build_model(config, s.quantization)
     stage = pipeline.shard(model, s, group) if group is not None else None
@@ -108,40 +106,40 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
     if not sites or not groups:
         log.warning("mlxstore: %s has no experts to stream; loading it resident", s.path)
         check_complete(model, names)
-        load_weights(model, s, names, check=check)
+        load_weights(model, s, names, check=o.check)
         set_plain(model, "mlxstore_plan", None)
-        return model, load_store_tokenizer(s, config, tokenizer_config)
+        return model, load_store_tokenizer(s, config, o.tokenizer_config)
     missing = [site.path for site in sites if site.path not in groups]
     if missing:
         raise StoreError(f"store has no expert group for the model's MoE layers {missing[:3]}")
     dense = [n for n in names if s.index.tensors[n].expert_group is None]
     check_complete(model, names)
     check_shapes(model, s, names)
-    plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom, reserve)
+    plan = _plan(s, sites, dense, config, o)
     log.info(plan.describe())
-    load_weights(model, s, dense, check=check)
+    load_weights(model, s, dense, check=o.check)
 
-    pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="mlxstore-io")
+    pool = ThreadPoolExecutor(max_workers=o.io_threads, thread_name_prefix="mlxstore-io")
     fds = [os.dup(s.fd(i)) for i in range(len(s.index.shards))]  # the model's own, whoever closes `s`
     weakref.finalize(model, _release, pool, fds)  # threads and descriptors live as long as the model
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
-        osio.set_nocache(fd, page_cache == "drop")
-    options = BankOptions(page_cache=page_cache, check=check)
+        osio.set_nocache(fd, o.page_cache == "drop")
+    options = BankOptions(page_cache=o.page_cache, check=o.check)
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]
         tensors = [s.index.tensors[n] for n in expert_group.tensors]
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
-                          make_policy(policy, plan.slots_per_layer, expert_group.num_experts),
+                          make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
                           fds, pool, options)  # fmt: skip
-        wrapper = StreamingExperts(site.module, bank, prefetch)
+        wrapper = StreamingExperts(site.module, bank, o.prefetch)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
     for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):
         if nsite.router is not None and nsite.top_k:
             set_plain(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
     set_plain(model, "mlxstore_plan", plan)
-    return model, load_store_tokenizer(s, config, tokenizer_config)
+    return model, load_store_tokenizer(s, config, o.tokenizer_config)
 
 
 def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
@@ -150,14 +148,14 @@ def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
         os.close(fd)
 
 
-def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom, reserve) -> Plan:
+def _plan(s: Store, sites, dense, config, o: LoadOptions) -> Plan:
     groups = s.expert_groups
     per_slot = sum(sum(s.index.tensors[n].nbytes // groups[site.path].num_experts
                        for n in groups[site.path].tensors) for site in sites)  # fmt: skip
     num_experts = max(groups[site.path].num_experts for site in sites)
     top_k = max((site.top_k or 1) for site in sites)
     return make_plan(
-        budget=budget,
+        budget=o.memory_budget,
         dense_bytes=sum(s.index.tensors[n].nbytes for n in dense),
         expert_bytes=per_slot,
         num_layers=len(sites),
@@ -165,10 +163,10 @@ def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom, 
         top_k=top_k,
         config=config,
         itemsize=_activation_itemsize(s),
-        max_context=max_context,
-        headroom=headroom,
-        slots_per_layer=slots,
-        reserve=reserve,
+        max_context=o.max_context,
+        headroom=o.headroom,
+        slots_per_layer=o.slots_per_layer,
+        reserve=o.reserve,
     )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from bench.harness.prepare import drop_tree_cache, tree_bytes
 from bench.harness.scale import Scale
-from mlxstore.moe.load import DEFAULT_IO_THREADS
+from mlxstore.moe.options import DEFAULT_IO_THREADS
 
 
 @dataclass
