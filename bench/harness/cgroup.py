@@ -1,4 +1,5 @@
-"""`python -m bench capped --mem SIZE [--drop-caches] -- CMD...`: run under a memory cap.
+"""Running a command under a memory cap (`python -m bench capped --mem SIZE -- CMD...`; the
+worker processes of `bench all` use it too).
 
 Why: mlxstore's claim is running models larger than memory. A child memory cgroup of
 our own caps anonymous memory *and* page cache, like a smaller machine would, and

@@ -1,4 +1,4 @@
-"""`python -m bench genmodel OUT`: a real-shape random-weight qwen3_moe model, mlx-community 4-bit.
+"""A real-shape random-weight qwen3_moe model, mlx-community 4-bit (`python -m bench genmodel OUT`).
 
 Why: I/O and memory benchmarks need a model of the real size and layout
 (Qwen3-30B-A3B by default, ~17 GB) without downloading one. The files follow the

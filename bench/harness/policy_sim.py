@@ -1,4 +1,4 @@
-"""`python -m bench policy`: replay real routing traces through the slot policies.
+"""Replaying real routing traces through the slot policies (`python -m bench policy`, stage P6).
 
 Why: the cache policy decides how many expert reads hit the disk; real traces (not
 synthetic routers) tell which policy to ship. Each layer gets its own cache starting
