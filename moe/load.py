@@ -124,14 +124,14 @@ def _load(s: Store, o: LoadOptions, group):
     weakref.finalize(model, _release, pool, fds)  # threads and descriptors live as long as the model
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
         osio.set_nocache(fd, o.page_cache == "drop")
-    options = BankOptions(page_cache=o.page_cache, check=o.check)
+    bank_options = BankOptions(page_cache=o.page_cache, check=o.check)
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]
         tensors = [s.index.tensors[n] for n in expert_group.tensors]
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
                           make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
-                          fds, pool, options)  # fmt: skip
+                          fds, pool, bank_options)  # fmt: skip
         wrapper = StreamingExperts(site.module, bank, o.prefetch)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))

@@ -8,14 +8,16 @@ in the longest phase. The pack process kills itself (a real SIGKILL: no handler,
 cleanup) on the n-th call of the writer's own steps, counted in a reference run:
 
 - `write` 1: the partial directory exists, no tensor data yet; `write` half: mid-data;
-- `pwrite` 1: data written, index not; 2: index written, no preamble; mid: some shards'
-  preambles written, others not;
+- `pwrite` 1: data written, index not; mid: index written, some shards' preambles
+  written, others not;
 - `rename` 1: everything fsynced, nothing renamed; with an old DST, `rename` 2: the old
   store moved aside, the new one not yet in place (the next writer puts the old back);
 - `fsync_dir` 2: the new store renamed into place, the old one not yet removed.
 
-Lane "new" packs where DST does not exist; lane "replace" packs over a complete DST with
---overwrite. The model is small but packed into 64 KiB shards, so the store has many files.
+Where DST does not exist, a kill before the rename must leave it absent; over a complete
+DST (--overwrite), every kill before the rename leaves the old DST alone, so one of those
+points stands for all. The points run in three lanes of one DST each, two at a time. The
+model is small but packed into 64 KiB shards, so the store has many files.
 """
 
 from __future__ import annotations
@@ -92,16 +94,19 @@ def _state(dst: Path, reference: dict[str, str]) -> str:
     return "complete"
 
 
-def _kill_points(counts: dict[str, int], replacing: bool) -> list[tuple[str, int]]:
-    points = [("write", 1), ("write", max(2, counts["write"] // 2)),
-              ("pwrite", 1), ("pwrite", 2), ("pwrite", 1 + counts["pwrite"] // 2),
-              ("rename", 1), ("fsync_dir", 2)]  # fmt: skip
-    return points + [("rename", 2)] if replacing else points
+def _lanes(counts: dict[str, int]) -> dict[str, tuple[bool, list[tuple[str, int]]]]:
+    """lane -> (replacing a complete DST, kill points); three points each, so they take turns evenly."""
+    mid_data, mid_headers = ("write", max(2, counts["write"] // 2)), ("pwrite", 1 + counts["pwrite"] // 2)
+    return {
+        "new-data": (False, [("write", 1), mid_data, ("pwrite", 1)]),
+        "new-commit": (False, [mid_headers, ("rename", 1), ("fsync_dir", 2)]),
+        "replace": (True, [mid_headers, ("rename", 2), ("fsync_dir", 2)]),
+    }
 
 
-def _lane(src: Path, dst: Path, ref: Path, reference: dict, counts: dict, replacing: bool) -> list[str]:
+def _lane(src: Path, dst: Path, ref: Path, reference: dict, replacing: bool, points: list) -> list[str]:
     seen = []
-    for point, nth in _kill_points(counts, replacing):
+    for point, nth in points:
         if replacing and not dst.exists():
             shutil.copytree(ref, dst)
         elif not replacing and dst.exists():
@@ -130,9 +135,10 @@ def test_pack_killed_in_every_phase(source, tmp_path):
     counts = json.loads(done.stderr.strip().splitlines()[-1])
     assert counts["pwrite"] > 4 and counts["write"] > 4, counts  # many shards, many pieces
     reference = _digest(ref)
-    dsts = {mode: tmp_path / mode / "model.store" for mode in ("new", "replace")}
+    lanes = _lanes(counts)
+    dsts = {name: tmp_path / name / "model.store" for name in lanes}
     for d in dsts.values():
         d.parent.mkdir()
-    with ThreadPoolExecutor(2) as pool:  # one lane per core of a 2-core CI machine
-        lanes = list(pool.map(lambda m: _lane(source, dsts[m], ref, reference, counts, m == "replace"), dsts))
-    print("\n" + "\n".join(f"{m}: {', '.join(s)}" for m, s in zip(dsts, lanes)))
+    with ThreadPoolExecutor(2) as pool:  # one pack at a time per core of a 2-core CI machine
+        seen = list(pool.map(lambda name: _lane(source, dsts[name], ref, reference, *lanes[name]), lanes))
+    print("\n" + "\n".join(f"{name}: {', '.join(s)}" for name, s in zip(lanes, seen)))
