@@ -14,7 +14,6 @@ from mlxstore.sizes import parse_size
 
 from .plan import DEFAULT_MAX_CONTEXT
 from .policy import DEFAULT_POLICY, POLICIES
-from .streaming import PREFETCH_MODES
 
 PAGE_CACHE_MODES = ("keep", "drop")
 
@@ -48,6 +47,8 @@ class LoadOptions:
     reserve: int | str = 0
 
     def __post_init__(self) -> None:
+        from .streaming import PREFETCH_MODES  # here, so the streaming module may import this one
+
         if self.prefetch not in PREFETCH_MODES:
             raise OptionError(f"prefetch must be one of {PREFETCH_MODES}, got {self.prefetch!r}")
         if self.page_cache not in PAGE_CACHE_MODES:
