@@ -1,4 +1,5 @@
-"""Argument types shared by commands."""
+"""What the commands share: size types, flags whose defaults live in the library, and
+`load_store`, which turns the streaming flags into one `LoadOptions` and loads the store."""
 
 from __future__ import annotations
 
