@@ -7,14 +7,14 @@ import sys
 
 import click
 
-from .options import load_options, load_store, prefill_step
+from .options import generate_default, load_options, load_store, option, prefill_step
 
 
 @click.command()
 @load_options
-@click.option("--max-tokens", "-m", default=256, show_default=True, type=click.IntRange(min=1), help="Tokens per answer at most.")
-@click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Sampling temperature (0: greedy).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling top-p.")
+@option("--max-tokens", "-m", default=generate_default("max_tokens"), show_default=True, type=click.IntRange(min=1), help="Tokens per answer at most.")
+@option("--temp", default=generate_default("temp"), show_default=True, type=click.FloatRange(min=0), help="Sampling temperature (0: greedy).")
+@option("--top-p", default=generate_default("top_p"), show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling top-p.")
 @click.option("--seed", default=0, show_default=True, type=int, help="PRNG seed.")
 @click.option("--system-prompt", default=None, help="System message for the chat template.")
 @click.option("--max-kv-size", default=None, type=click.IntRange(min=1), help="Rotating KV cache of this many tokens.")

@@ -9,8 +9,10 @@ import click
 
 from .options import (
     check_trace_target,
+    generate_default,
     load_options,
     load_store,
+    option,
     prefill_step,
     start_recording,
     stop_recording,
@@ -20,11 +22,11 @@ from .options import (
 @click.command()
 @load_options
 @click.option("--prompt", "-p", default="hello", show_default=True, help="Prompt text ('-' reads stdin).")
-@click.option("--max-tokens", "-m", default=256, show_default=True, type=click.IntRange(min=1), help="Tokens to generate at most.")
-@click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Sampling temperature (0: greedy).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling top-p.")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Top-k sampling (0: off).")
-@click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Min-p sampling (0: off).")
+@option("--max-tokens", "-m", default=generate_default("max_tokens"), show_default=True, type=click.IntRange(min=1), help="Tokens to generate at most.")
+@option("--temp", default=generate_default("temp"), show_default=True, type=click.FloatRange(min=0), help="Sampling temperature (0: greedy).")
+@option("--top-p", default=generate_default("top_p"), show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling top-p.")
+@option("--top-k", default=generate_default("top_k"), show_default=True, type=click.IntRange(min=0), help="Top-k sampling (0: off).")
+@option("--min-p", default=generate_default("min_p"), show_default=True, type=click.FloatRange(0, 1), help="Min-p sampling (0: off).")
 @click.option("--seed", default=None, type=int, help="PRNG seed.")
 @click.option("--system-prompt", default=None, help="System message for the chat template.")
 @click.option("--ignore-chat-template", is_flag=True, help="Use the raw prompt.")

@@ -1,4 +1,5 @@
-"""Argument types shared by commands."""
+"""What the commands share: size types, flags whose defaults live in the library, and
+`load_store`, which turns the streaming flags into one `LoadOptions` and loads the store."""
 
 from __future__ import annotations
 
@@ -19,6 +20,52 @@ class Size(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class LibraryDefault:
+    """A flag's default read from the library when it is needed (parsing, or --help).
+
+    Each default lives once, in the library (`moe.options.LoadOptions`, `ServeOptions`,
+    `generate_text`); the flag names where. Reading it late keeps `mlxstore --help` from
+    importing MLX and mlx-lm.
+    """
+
+    def __init__(self, module: str, name: str, param: str | None = None):
+        self.module, self.name, self.param = module, name, param
+
+    def value(self):
+        import importlib
+        import inspect
+
+        obj = importlib.import_module(self.module)
+        for part in self.name.split("."):
+            obj = getattr(obj, part)
+        return obj if self.param is None else inspect.signature(obj).parameters[self.param].default
+
+
+class Option(click.Option):
+    """click.Option that resolves a `LibraryDefault`."""
+
+    def get_default(self, ctx, call=True):
+        value = super().get_default(ctx, call=call)
+        return value.value() if isinstance(value, LibraryDefault) else value
+
+
+def load_default(field: str) -> LibraryDefault:
+    return LibraryDefault("mlxstore.moe.options", f"LoadOptions.{field}")
+
+
+def serve_default(field: str) -> LibraryDefault:
+    return LibraryDefault("mlxstore.moe.server", f"ServeOptions.{field}")
+
+
+def generate_default(param: str) -> LibraryDefault:
+    return LibraryDefault("mlxstore.moe.generate", "generate_text", param)
+
+
+def option(*decls, **kw):
+    """`click.option` whose default may be a `LibraryDefault`."""
+    return click.option(*decls, cls=Option, **kw)
+
+
 class SizeText(Size):
     """A size checked like `Size` but kept as typed, so errors can answer in the user's unit."""
 
@@ -35,24 +82,26 @@ def load_options(command):
                      help="Whole footprint, e.g. 8GB, 8GiB, 8000MB or bytes; default plans from available memory."),
         click.option("--slots-per-layer", type=click.IntRange(min=1), default=None,
                      help="Fix the expert bank size (overrides the budget)."),
-        click.option("--max-context", type=click.IntRange(min=1), default=4096, show_default=True,
-                     help="KV cache tokens the budget reserves (longer prompts are refused)."),
+        option("--max-context", type=click.IntRange(min=1), show_default=True,
+               default=load_default("max_context"),
+               help="KV cache tokens the budget reserves (longer prompts are refused)."),
         click.option("--headroom", type=SizeText(), default=None,
                      help="Bytes of the budget kept free for activations (default 5%, at least 64 MiB)."),
-        click.option("--policy", default="default", show_default=True,
-                     help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
-        click.option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), default=None,
-                     help="Expert prefetch hints (default: none)."),
-        click.option("--page-cache", type=click.Choice(["keep", "drop"]), default=None,
-                     help="Keep a read expert's pages in the OS cache (default), or drop them."),
+        option("--policy", default=load_default("policy"), show_default=True,
+               help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
+        option("--prefetch", type=click.Choice(["none", "temporal", "next-layer"]), show_default=True,
+               default=load_default("prefetch"), help="Expert prefetch hints."),
+        option("--page-cache", type=click.Choice(["keep", "drop"]), show_default=True,
+               default=load_default("page_cache"),
+               help="Keep a read expert's pages in the OS cache (a second tier outside the budget), or drop them."),
         click.option("--check", is_flag=True, help="Verify the checksum of every expert read."),
         click.option("--prefill-step-size", type=click.IntRange(min=1), default=None,
                      help="Prompt tokens per forward pass (default: the largest power of two up to 2048 whose activations fit the budget)."),
-        click.option("--past-max-context", type=click.Choice(["stop", "warn"]), default="stop", show_default=True,
+        option("--past-max-context", type=click.Choice(["stop", "warn"]), default=load_default("past_max_context"), show_default=True,
                      help="When the context would pass --max-context: stop with an error, or warn once and go on past the budget."),
     ]  # fmt: skip
-    for option in reversed(options):
-        command = option(command)
+    for decorate in reversed(options):
+        command = decorate(command)
     return command
 
 
@@ -69,6 +118,7 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
     from mlxstore import moe
     from mlxstore.formats import StoreError
     from mlxstore.moe.load import kv_cache_bytes
+    from mlxstore.moe.options import LoadOptions
     from mlxstore.moe.plan import CacheOptions
     from mlxstore.store import open as open_store
 
@@ -76,13 +126,14 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
         with open_store(kw["model_path"]) as store:
             cache = CacheOptions(kw.get("kv_bits"), kw.get("kv_group_size") or 64, kw.get("max_kv_size"))
             reserved = kv_cache_bytes(store, kw["max_context"], cache) if prompt_cache_bytes is None else prompt_cache_bytes
-            model, tokenizer = moe.load(
-                store, kw["memory_budget"], slots_per_layer=kw["slots_per_layer"], max_context=kw["max_context"],
-                headroom=kw["headroom"], policy=kw["policy"], prefetch=kw["prefetch"] or moe.DEFAULT_PREFETCH,
-                page_cache=kw["page_cache"], check=kw["check"], reserve=reserved, group=group,
+            options = LoadOptions(
+                memory_budget=kw["memory_budget"], slots_per_layer=kw["slots_per_layer"],
+                max_context=kw["max_context"], headroom=kw["headroom"], policy=kw["policy"],
+                prefetch=kw["prefetch"], page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
                 prefill_step_size=kw["prefill_step_size"], past_max_context=kw["past_max_context"],
                 kv_bits=kw.get("kv_bits"), kv_group_size=kw.get("kv_group_size") or 64, max_kv_size=kw.get("max_kv_size"),
             )  # fmt: skip
+            model, tokenizer = moe.load_with(store, options, group=group)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     return model, tokenizer, Path(kw["model_path"]).name, reserved

@@ -12,7 +12,9 @@ from .options import (
     check_trace_target,
     load_options,
     load_store,
+    option,
     prefill_step,
+    serve_default,
     start_recording,
     stop_recording,
 )
@@ -20,16 +22,16 @@ from .options import (
 
 @click.command()
 @load_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep 127.0.0.1 unless you mean to share it).")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port, printed at start).")
-@click.option("--queue-size", default=8, show_default=True, type=click.IntRange(min=0), help="Requests that may wait behind the running one(s); more get 503 with Retry-After.")
-@click.option("--max-tokens", "-m", default=512, show_default=True, type=click.IntRange(min=1), help="Default tokens per answer when a request gives none.")
-@click.option("--temp", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Default sampling temperature.")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Default nucleus sampling top-p.")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Default top-k (0: off).")
-@click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Default min-p (0: off).")
+@option("--host", default=serve_default("host"), show_default=True, help="Address to listen on (keep 127.0.0.1 unless you mean to share it).")
+@option("--port", default=serve_default("port"), show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port, printed at start).")
+@option("--queue-size", default=serve_default("queue_size"), show_default=True, type=click.IntRange(min=0), help="Requests that may wait behind the running one(s); more get 503 with Retry-After.")
+@option("--max-tokens", "-m", default=serve_default("max_tokens"), show_default=True, type=click.IntRange(min=1), help="Default tokens per answer when a request gives none.")
+@option("--temp", default=serve_default("temp"), show_default=True, type=click.FloatRange(min=0), help="Default sampling temperature.")
+@option("--top-p", default=serve_default("top_p"), show_default=True, type=click.FloatRange(0, 1), help="Default nucleus sampling top-p.")
+@option("--top-k", default=serve_default("top_k"), show_default=True, type=click.IntRange(min=0), help="Default top-k (0: off).")
+@option("--min-p", default=serve_default("min_p"), show_default=True, type=click.FloatRange(0, 1), help="Default min-p (0: off).")
 @click.option("--prompt-cache-bytes", type=Size(), default=None, help="Prefix cache across requests, reserved in the memory plan (default: one KV cache at --max-context; 0: off).")
-@click.option("--prompt-cache-size", default=10, show_default=True, type=click.IntRange(min=1), help="Distinct sequences the prefix cache keeps.")
+@option("--prompt-cache-size", default=serve_default("prompt_cache_size"), show_default=True, type=click.IntRange(min=1), help="Distinct sequences the prefix cache keeps.")
 @click.option("--record-trace", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the expert ids of every token and MoE layer to this route-trace CSV (one turn per request).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO", show_default=True)

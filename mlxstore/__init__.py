@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from .formats import ChecksumError, StoreError
+from mlxstore.formats import ChecksumError, StoreError
+
 from .sizes import format_size, parse_size
 
 _LAZY = {"LazyTensors": "lazy", "load": "lazy", "load_model": "model", "Store": "store", "open": "store"}

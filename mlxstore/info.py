@@ -11,9 +11,10 @@ import platform
 
 import mlx.core as mx
 
+from mlxstore.formats import Index, StoreReader
+from mlxstore.formats.index import Extent, Piece
+
 from .buffers import can_wrap
-from .formats import Index, StoreReader
-from .formats.index import Extent, Piece
 
 
 def load_mode() -> dict:

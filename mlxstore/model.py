@@ -17,12 +17,12 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.tokenizer_utils import TokenizerWrapper
-from mlx_lm.utils import _decode_tagged_floats, _get_classes, load_tokenizer
 
-from .formats import StoreError
-from .formats.index import nesting_ok
-from .formats.layout import MAX_JSON_DEPTH
+from mlxstore.formats import StoreError
+from mlxstore.formats.index import nesting_ok
+from mlxstore.formats.layout import MAX_JSON_DEPTH
+from mlxstore.mlxlm import TokenizerWrapper, decode_tagged_floats, get_classes, load_tokenizer
+
 from .source import LOOKED_FOR, has_tokenizer
 from .store import Store
 from .store import open as open_store
@@ -34,7 +34,7 @@ def model_config(store: Store) -> dict:
     """The model's config as mlx-lm resolved it at pack time."""
     if store.config is None:
         raise StoreError(f"{store.path}: store has no model config (it holds tensors, not a model)")
-    return _decode_tagged_floats(store.config)
+    return decode_tagged_floats(store.config)
 
 
 def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module:
@@ -46,7 +46,7 @@ def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module
     """
     arch = config.get("model_type")
     try:
-        model_class, args_class = _get_classes(config)
+        model_class, args_class = get_classes(config)
         model = model_class(args_class.from_dict(config))
     except Exception as e:  # noqa: BLE001 - mlx-lm has no error type of its own
         raise StoreError(f"architecture {arch!r}: the store's config does not build a model: "

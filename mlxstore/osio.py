@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Literal
 
-from .formats import StoreError
+from mlxstore.formats import StoreError
 
 try:
     import fcntl

@@ -18,13 +18,14 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from .formats import (
+from mlxstore.formats import (
     DEFAULT_ALIGNMENT,
     DEFAULT_MAX_SHARD_BYTES,
     DTYPE_SIZES,
     StoreError,
     StoreWriter,
 )
+
 from .source import (
     LOOKED_FOR,
     Source,
@@ -33,6 +34,7 @@ from .source import (
     is_tokenizer_file,
     open_source,
 )
+from .switches import find_switches, num_experts
 
 
 class PackWarning(UserWarning):
@@ -59,21 +61,13 @@ def host_bytes(array: mx.array) -> np.ndarray:
 
 
 def expert_modules(model: nn.Module) -> dict[str, int]:
-    """{path: num_experts} of every SwitchGLU / SwitchMLP in the model, found by type."""
-    from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
-
+    """{path: num_experts} of every switch module of the model (mlxstore.switches)."""
     out = {}
-    for path, module in model.named_modules():
-        if not isinstance(module, (SwitchGLU, SwitchMLP)):
-            continue
-        counts = {
-            int(m.num_experts) for _, m in module.named_modules() if hasattr(m, "num_experts")
-        }
-        if len(counts) != 1:
-            raise StoreError(
-                f"{path}: cannot tell its number of experts (projections say {sorted(counts)})"
-            )
-        out[path] = counts.pop()
+    for site in find_switches(model):
+        try:
+            out[site.path] = num_experts(site.module)
+        except ValueError as e:
+            raise StoreError(f"{site.path}: {e}") from None
     return out
 
 
@@ -133,7 +127,7 @@ def _check_dst(source: Source, dst: Path) -> None:
 
 
 def _load(source: Source) -> tuple[nn.Module, dict]:
-    from mlx_lm.utils import load_model
+    from mlxstore.mlxlm import load_model
 
     try:
         return load_model(source.path, lazy=True)

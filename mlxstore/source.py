@@ -14,8 +14,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .formats import StoreError
-from .formats.layout import check_file_name
+from mlxstore.formats import StoreError
+from mlxstore.formats.layout import check_file_name
 
 # Weight files are repacked, never embedded. Other checkpoint formats that may sit next
 # to the safetensors are skipped too: mlx-lm does not read them and they can be huge.
@@ -51,7 +51,7 @@ def _locate(src: str | os.PathLike) -> tuple[Path, str]:
     text = str(src)
     if not _REPO_ID.match(text):
         raise StoreError(f"{src}: no such model directory")
-    from mlx_lm.utils import hf_repo_to_path
+    from mlxstore.mlxlm import hf_repo_to_path
 
     try:
         return hf_repo_to_path(text), text
@@ -67,7 +67,7 @@ def _read_config(path: Path) -> dict:
     if not config_file.exists():
         raise StoreError(f"{path}: no config.json (not an HF-layout model directory)")
     try:
-        from mlx_lm.utils import load_config
+        from mlxstore.mlxlm import load_config
 
         config = load_config(path)
     except OSError as e:
@@ -81,13 +81,14 @@ def _read_config(path: Path) -> dict:
 
 def _check_architecture(config: dict, path: Path) -> None:
     from mlx_lm import __version__
-    from mlx_lm.utils import _get_classes
+
+    from mlxstore.mlxlm import get_classes
 
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise StoreError(f"{path / 'config.json'}: no model_type")
     try:
-        _get_classes(config)
+        get_classes(config)
     except ValueError:
         raise StoreError(
             f"{path}: unknown architecture {model_type!r} (mlx-lm {__version__} has no model for it)"

@@ -10,12 +10,11 @@ How a tensor becomes an array (see buffers.py):
   shrank after open raises StoreError instead of crashing.
 
 Why read rather than copy out of the mapping on the CPU backend: a mapped file that shrinks
-kills the process with SIGBUS mid-copy, while a read just comes back short. Measured here
-(Linux VM, 2 cores, shared and noisy; one 200 MiB tensor, median of 15): warm page cache,
-preadv into MLX memory 163 ms vs mmap + copy 148 ms; cold, 203 ms vs 142 ms, because MLX
-has no uninitialized allocation (the zero fill runs before the read instead of overlapping
-it). mmap + copy through a MADV_RANDOM mapping took 3.2 s cold: never fault whole tensors
-through one.
+kills the process with SIGBUS mid-copy, while a read just comes back short. The read
+costs a little more than mmap + copy, most when the page cache is cold, because MLX has
+no uninitialized allocation (the zero fill runs before the read instead of overlapping
+it). Faulting whole tensors through a MADV_RANDOM mapping is far slower still: never do
+that.
 
 A returned array never depends on the store staying open: a read array owns its memory,
 and a wrapped array keeps its mapping alive by reference (`close` unmaps only mappings no
@@ -33,10 +32,19 @@ import mlx.core as mx
 import numpy as np
 import zstandard
 
+from mlxstore.formats import (
+    ChecksumError,
+    ExpertGroup,
+    Index,
+    Piece,
+    StoreError,
+    StoreReader,
+    Tensor,
+)
+from mlxstore.formats.layout import xxh3
+from mlxstore.formats.reader import check_zstd_frame
+
 from . import buffers, osio
-from .formats import ChecksumError, ExpertGroup, Index, Piece, StoreError, StoreReader, Tensor
-from .formats.layout import xxh3
-from .formats.reader import check_zstd_frame
 
 
 class Store:
@@ -111,8 +119,8 @@ class Store:
         Normally shared, read-only and MADV_RANDOM: a fault reads its page, not megabytes
         of readahead (RESEARCH.md). When zero-copy it is private copy-on-write, because MLX
         may write into a buffer it owns (donation) and must never write into the file, and
-        keeps normal readahead: wrapped tensors are faulted in whole, and faulting 200 MB
-        through a MADV_RANDOM mapping measured 25x slower here (4 s vs 0.14 s, cold).
+        keeps normal readahead: wrapped tensors are faulted in whole, and faulting a large
+        tensor page by page through a MADV_RANDOM mapping is many times slower than readahead.
         """
         with self._lock:
             self._check_open()

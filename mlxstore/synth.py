@@ -18,7 +18,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.utils import _get_classes, quantize_model, save_config
+
+from mlxstore.mlxlm import get_classes, quantize_model, save_config
 
 from .synth_tokenizer import write_tokenizer
 
@@ -129,7 +130,7 @@ def randomize(model: nn.Module, seed: int) -> None:
 
 def build(config: dict[str, Any], seed: int = 0) -> nn.Module:
     """A model of `config`'s architecture, built with mlx-lm's class, random weights."""
-    model_class, args_class = _get_classes(config)
+    model_class, args_class = get_classes(config)
     model = model_class(args_class.from_dict(config))
     randomize(model, seed)
     return model

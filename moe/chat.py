@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from mlx_lm.models.cache import make_prompt_cache
+from mlxstore.mlxlm import make_prompt_cache
 
 from .generate import Summary, generate_text
 

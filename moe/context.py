@@ -17,6 +17,7 @@ import mlx.nn as nn
 
 from mlxstore.sizes import format_size
 
+from .plain import set_plain
 from .plan import PAST_MAX_CONTEXT
 
 log = logging.getLogger("mlxstore")
@@ -84,6 +85,6 @@ def guard(model: nn.Module, max_context: int, mode: str, kv_per_token: int) -> b
     for layer in layers:
         if not isinstance(layer, nn.Module):
             continue
-        object.__setattr__(layer, "mlxstore_context", limit)
+        set_plain(layer, "mlxstore_context", limit)
         layer.__class__ = _guarded_class(type(layer))
     return True

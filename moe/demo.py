@@ -10,8 +10,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx_lm
 import numpy as np
-from mlx_lm.models.cache import make_prompt_cache
 
+from mlxstore.mlxlm import make_prompt_cache
 from mlxstore.pack import pack
 from mlxstore.sizes import format_size
 from mlxstore.store import open as open_store

@@ -9,7 +9,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
 from mlx_lm import stream_generate
-from mlx_lm.sample_utils import make_sampler
+
+from mlxstore.mlxlm import make_sampler
 
 from .load import stats
 

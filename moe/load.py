@@ -28,15 +28,16 @@ from mlxstore.model import (
 )
 from mlxstore.store import Store
 from mlxstore.store import open as open_store
+from mlxstore.switches import find_switches
 
 from . import pipeline
-from .bank import FILL_MODES, BankOptions, ExpertBank, default_fill_mode
+from .bank import BankOptions, ExpertBank, default_fill_mode
 from .context import guard as guard_context
-from .discover import find_switches
+from .options import DEFAULT_IO_THREADS, DEFAULT_PAGE_CACHE, DEFAULT_PREFETCH, LoadOptions
+from .plain import set_plain
 from .plan import (
     DEFAULT_MAX_CONTEXT,
     DEFAULT_PAST_MAX_CONTEXT,
-    PAST_MAX_CONTEXT,
     CacheOptions,
     Plan,
     kv_bytes,
@@ -45,18 +46,9 @@ from .plan import (
 from .policy import DEFAULT_POLICY, make_policy
 from .spec import latent_kv, store_itemsize, store_sizes
 from .stats import StreamStats
-from .streaming import PASS_MODES, PREFETCH_MODES, NextLayer, StreamingExperts, default_pass_mode
+from .streaming import NextLayer, StreamingExperts, default_pass_mode
 
 log = logging.getLogger("mlxstore")
-
-# WILLNEED hints did not pay for the disk traffic they add (`python -m bench all --quick`).
-# The OS page cache is a second tier for free (reclaimable, outside the budget): keeping a
-# read expert's pages never lost on the CPU backend and made re-read misses several times
-# faster on a GPU (README, "Linux with an NVIDIA GPU"; peers on Macs found the same).
-DEFAULT_PREFETCH = "none"
-DEFAULT_PAGE_CACHE = "keep"
-DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
-
 
 def load(
     store: str | os.PathLike | Store,
@@ -67,7 +59,7 @@ def load(
     headroom: int | str | None = None,
     policy: str = DEFAULT_POLICY,
     prefetch: str = DEFAULT_PREFETCH,
-    page_cache: str | None = None,
+    page_cache: str = DEFAULT_PAGE_CACHE,
     io_threads: int = DEFAULT_IO_THREADS,
     check: bool = False,
     tokenizer_config: dict | None = None,
@@ -93,47 +85,44 @@ def load(
     prompt cache), not given to expert slots. group: an `mx.distributed` group of more
     than one rank runs the model as a pipeline (moe.pipeline): this rank loads and streams only its own layers,
     under its own budget; every rank must call `load` and then run the same steps.
+
+    Prefill and cache: prefill_step_size forces the prompt tokens per forward pass
+    (default: the largest power of two up to 2048 whose activations fit); generation must
+    use the plan's step, `moe.plan_of(model).prefill_step_size`. kv_bits, kv_group_size,
+    max_kv_size: the KV cache generation will build, so the plan counts it.
+    past_max_context: "stop" (default) raises `moe.ContextLimitError` before the context
+    passes max_context; "warn" logs once and goes on past the budget.
     fill: how a missed expert reaches its slot, "direct" (read into the slot's memory) or
     "staged" (read into a fresh device array, copied in by MLX); None picks by backend
     (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
     (moe.streaming); None picks by backend.
-
-    Prefill and cache (issue 10): prefill_step_size forces the prompt tokens per forward
-    pass (default: the largest power of two up to 2048 whose activations fit); generation
-    must use the plan's step, `moe.plan_of(model).prefill_step_size`. kv_bits,
-    kv_group_size, max_kv_size: the KV cache generation will build, so the plan counts it.
-    past_max_context: "stop" (default) raises `moe.ContextLimitError` before the context
-    passes max_context; "warn" logs once and goes on past the budget.
+    Bad values raise `OptionError` (a ValueError) naming the option (moe/options.py).
     """
-    if prefetch not in PREFETCH_MODES:
-        raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
-    if past_max_context not in PAST_MAX_CONTEXT:
-        raise ValueError(f"past_max_context must be one of {PAST_MAX_CONTEXT}, got {past_max_context!r}")
-    page_cache = DEFAULT_PAGE_CACHE if page_cache is None else page_cache
-    if page_cache not in ("keep", "drop"):
-        raise ValueError(f"page_cache must be 'keep' or 'drop', got {page_cache!r}")
-    fill = default_fill_mode() if fill is None else fill
-    if fill not in FILL_MODES:
-        raise ValueError(f"fill must be one of {FILL_MODES}, got {fill!r}")
-    passes = default_pass_mode() if passes is None else passes
-    if passes not in PASS_MODES:
-        raise ValueError(f"passes must be one of {PASS_MODES}, got {passes!r}")
+    options = LoadOptions(
+        memory_budget=memory_budget, slots_per_layer=slots_per_layer, max_context=max_context,
+        headroom=headroom, policy=policy, prefetch=prefetch, page_cache=page_cache,
+        io_threads=io_threads, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
+        prefill_step_size=prefill_step_size, kv_bits=kv_bits, kv_group_size=kv_group_size,
+        max_kv_size=max_kv_size, past_max_context=past_max_context, fill=fill, passes=passes,
+    )  # fmt: skip
+    return load_with(store, options, group)
+
+
+def load_with(store: str | os.PathLike | Store, options: LoadOptions,
+              group: mx.distributed.Group | None = None):  # fmt: skip
+    """`load` with its options in one `LoadOptions` (what the CLI builds)."""
     owned = not isinstance(store, Store)
     group = group if group is not None and group.size() > 1 else None
     with pipeline.all_or_none(group):
         s = open_store(store) if owned else store
         try:
-            cache = CacheOptions(kv_bits, kv_group_size, max_kv_size)
-            return _load(s, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-                         page_cache, io_threads, check, tokenizer_config, reserve, group,
-                         (prefill_step_size, cache, past_max_context), fill, passes)  # fmt: skip
+            return _load(s, options, group)
         finally:
             if owned:  # the banks read through descriptors of their own
                 s.close()
 
 
-def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, policy, prefetch,
-          page_cache, io_threads, check, tokenizer_config, reserve, group, prefill, fill, passes):  # fmt: skip
+def _load(s: Store, o: LoadOptions, group):
     config = model_config(s)
     model = build_model(config, s.quantization)
     stage = pipeline.shard(model, s, group) if group is not None else None
@@ -146,50 +135,54 @@ def _load(s: Store, memory_budget, slots_per_layer, max_context, headroom, polic
     if not sites or not groups:
         log.warning("mlxstore: %s has no experts to stream; loading it resident", s.path)
         check_complete(model, names)
-        load_weights(model, s, names, check=check)
-        object.__setattr__(model, "mlxstore_plan", None)
-        return model, load_store_tokenizer(s, config, tokenizer_config)
+        load_weights(model, s, names, check=o.check)
+        set_plain(model, "mlxstore_plan", None)
+        return model, load_store_tokenizer(s, config, o.tokenizer_config)
     missing = [site.path for site in sites if site.path not in groups]
     if missing:
         raise StoreError(f"store has no expert group for the model's MoE layers {missing[:3]}")
     dense = [n for n in names if s.index.tensors[n].expert_group is None]
     check_complete(model, names)
     check_shapes(model, s, names)
-    plan = _plan(s, sites, dense, config, memory_budget, slots_per_layer, max_context, headroom, reserve, model,
-                 prefill)  # fmt: skip
+    plan = _plan(s, sites, dense, config, o, model)
     log.info(plan.describe())
-    load_weights(model, s, dense, check=check)
+    load_weights(model, s, dense, check=o.check)
 
-    pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="mlxstore-io")
+    pool = ThreadPoolExecutor(max_workers=o.io_threads, thread_name_prefix="mlxstore-io")
     fds = [os.dup(s.fd(i)) for i in range(len(s.index.shards))]  # the model's own, whoever closes `s`
     weakref.finalize(model, _release, pool, fds)  # threads and descriptors live as long as the model
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
-        osio.set_nocache(fd, page_cache == "drop")
-    options = BankOptions(page_cache=page_cache, check=check, fill=fill, io_threads=io_threads)
+        osio.set_nocache(fd, o.page_cache == "drop")
+    fill = o.fill or default_fill_mode()
+    bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads)
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]
         tensors = [s.index.tensors[n] for n in expert_group.tensors]
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
-                          make_policy(policy, plan.slots_per_layer, expert_group.num_experts),
-                          fds, pool, options)  # fmt: skip
-        wrapper = StreamingExperts(site.module, bank, prefetch, passes)
+                          make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
+                          fds, pool, bank_options)  # fmt: skip
+        wrapper = StreamingExperts(site.module, bank, o.prefetch, o.passes or default_pass_mode())
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
     for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):
         if nsite.router is not None and nsite.top_k:
-            object.__setattr__(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
-    object.__setattr__(model, "mlxstore_plan", plan)
-    _guard(model, plan, config, prefill)
-    return model, load_store_tokenizer(s, config, tokenizer_config)
+            set_plain(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
+    set_plain(model, "mlxstore_plan", plan)
+    _guard(model, plan, config, o)
+    return model, load_store_tokenizer(s, config, o.tokenizer_config)
 
 
-def _guard(model: nn.Module, plan: Plan, config: dict, prefill) -> None:
-    """Issue 10: the context check of `moe.context`, per plan."""
-    _, cache, mode = prefill
+def _guard(model: nn.Module, plan: Plan, config: dict, o: LoadOptions) -> None:
+    """The context check of `moe.context`, per plan."""
+    cache = _cache(o)
     per_token = kv_bytes(config, 2, plan.max_context + 1000, 1, cache) - kv_bytes(config, 2, plan.max_context, 1, cache)
-    if not guard_context(model, plan.max_context, mode, per_token):
+    if not guard_context(model, plan.max_context, o.past_max_context, per_token):
         log.warning("mlxstore: %s has no decoder layer list; passing max_context is not checked", type(model).__module__)
+
+
+def _cache(o: LoadOptions, latent: bool = False) -> CacheOptions:
+    return CacheOptions(o.kv_bits, o.kv_group_size, o.max_kv_size, latent)
 
 
 def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
@@ -198,11 +191,10 @@ def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
         os.close(fd)
 
 
-def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom, reserve, model, prefill) -> Plan:
+def _plan(s: Store, sites, dense, config, o: LoadOptions, model: nn.Module) -> Plan:
     dense_bytes, per_slot, num_experts, top_k = store_sizes(s, sites, dense)
-    step, cache, _ = prefill
     return make_plan(
-        budget=budget,
+        budget=o.memory_budget,
         dense_bytes=dense_bytes,
         expert_bytes=per_slot,
         num_layers=len(sites),
@@ -210,12 +202,12 @@ def _plan(s: Store, sites, dense, config, budget, slots, max_context, headroom, 
         top_k=top_k,
         config=config,
         itemsize=store_itemsize(s),
-        max_context=max_context,
-        headroom=headroom,
-        slots_per_layer=slots,
-        reserve=reserve,
-        prefill_step_size=step,
-        cache=CacheOptions(cache.kv_bits, cache.kv_group_size, cache.max_kv_size, latent_kv(model)),
+        max_context=o.max_context,
+        headroom=o.headroom,
+        slots_per_layer=o.slots_per_layer,
+        reserve=o.reserve,
+        prefill_step_size=o.prefill_step_size,
+        cache=_cache(o, latent_kv(model)),
     )
 
 

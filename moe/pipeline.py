@@ -23,6 +23,8 @@ import numpy as np
 
 from mlxstore.formats import StoreError
 
+from .plain import set_plain
+
 _STATUS_BYTES = 512  # room for one rank's error message in the load-status exchange
 
 
@@ -110,7 +112,7 @@ class Skipped(nn.Module):
     def __init__(self, layer: nn.Module):
         super().__init__()
         plain = {k: v for k, v in vars(layer).items() if not k.startswith("_")}
-        object.__setattr__(self, "_plain", plain)
+        set_plain(self, "_plain", plain)
 
     def __getattr__(self, key: str):
         plain = object.__getattribute__(self, "_plain")
@@ -198,7 +200,7 @@ def shard(model: nn.Module, store, group: mx.distributed.Group) -> Stage:
 
     Run before weights load: layers of other ranks are dropped and never materialized.
     """
-    from mlx_lm.models.cache import make_prompt_cache
+    from mlxstore.mlxlm import make_prompt_cache
 
     owner, key, prefix = _layer_list(model)
     layers = owner[key]
@@ -219,9 +221,9 @@ def shard(model: nn.Module, store, group: mx.distributed.Group) -> Stage:
     for i in {start, end - 1}:
         layer = layers[i]
         layer.__class__ = _staged(type(layer))
-        object.__setattr__(layer, "_stage", stage)
-        object.__setattr__(layer, "_first", i == start)
-        object.__setattr__(layer, "_last", i == end - 1)
+        set_plain(layer, "_stage", stage)
+        set_plain(layer, "_first", i == start)
+        set_plain(layer, "_last", i == end - 1)
 
     def make_cache():
         caches = copy.deepcopy(template)
@@ -230,7 +232,7 @@ def shard(model: nn.Module, store, group: mx.distributed.Group) -> Stage:
             clocks.setdefault(_kind(caches[i]), caches[i])
         return [c if start <= i < end else ShadowCache(clocks.get(_kind(c), c), stage) for i, c in enumerate(caches)]
 
-    object.__setattr__(model, "make_cache", make_cache)
+    set_plain(model, "make_cache", make_cache)
     return stage
 
 

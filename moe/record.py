@@ -31,6 +31,7 @@ from mlx.utils import tree_flatten
 
 from mlxstore.formats.route_trace import GENERATION, PROMPT, format_preamble, format_rows
 
+from .plain import set_plain
 from .replay import _num_experts, _parent, _switch_sites
 from .streaming import StreamingExperts
 
@@ -99,8 +100,8 @@ class RecordedExperts(nn.Module):
     def __init__(self, inner: nn.Module, recorder: TraceRecorder, layer: int):
         super().__init__()
         self.inner = inner
-        object.__setattr__(self, "recorder", recorder)
-        object.__setattr__(self, "layer", layer)
+        set_plain(self, "recorder", recorder)
+        set_plain(self, "layer", layer)
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         k = indices.shape[-1]

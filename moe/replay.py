@@ -26,10 +26,12 @@ from collections.abc import Iterable, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
 
 from mlxstore.formats.route_trace import GENERATION, RouteTrace
+from mlxstore.mlxlm import SWITCH_TYPES
+from mlxstore.switches import SwitchSite, find_switches, num_experts
 
+from .plain import set_plain
 from .streaming import StreamingExperts
 
 
@@ -42,14 +44,14 @@ class ReplayedExperts(nn.Module):
         self.inner = inner
         if sync is None:
             sync = isinstance(inner, StreamingExperts)
-        object.__setattr__(self, "num_experts", num_experts)
-        object.__setattr__(self, "sync", sync)
-        object.__setattr__(self, "sync_seconds", 0.0)
-        object.__setattr__(self, "_calls", calls)
-        object.__setattr__(self, "_seed", seed)
-        object.__setattr__(self, "_tables", {})
-        object.__setattr__(self, "cursor", 0)
-        object.__setattr__(self, "log", [] if record else None)
+        set_plain(self, "num_experts", num_experts)
+        set_plain(self, "sync", sync)
+        set_plain(self, "sync_seconds", 0.0)
+        set_plain(self, "_calls", calls)
+        set_plain(self, "_seed", seed)
+        set_plain(self, "_tables", {})
+        set_plain(self, "cursor", 0)
+        set_plain(self, "log", [] if record else None)
 
     def table(self, k: int) -> np.ndarray:
         """`[steps, k]` expert ids: trace rows cut or padded to k (built once per k)."""
@@ -62,7 +64,7 @@ class ReplayedExperts(nn.Module):
         """The next `tokens` rows of the table, wrapping around; advances the cursor."""
         table = self.table(k)
         rows = np.arange(self.cursor, self.cursor + tokens) % table.shape[0]
-        object.__setattr__(self, "cursor", (self.cursor + tokens) % table.shape[0])
+        set_plain(self, "cursor", (self.cursor + tokens) % table.shape[0])
         return table[rows]
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
@@ -73,7 +75,7 @@ class ReplayedExperts(nn.Module):
             # every expert maps one token's ids on the device and makes none)
             start = time.perf_counter()
             mx.eval(indices)
-            object.__setattr__(self, "sync_seconds", self.sync_seconds + time.perf_counter() - start)
+            set_plain(self, "sync_seconds", self.sync_seconds + time.perf_counter() - start)
         k = indices.shape[-1]
         ids = self.take(indices.size // k, k)
         if self.log is not None:
@@ -100,33 +102,15 @@ def pad_rows(calls: Sequence[tuple[int, ...]], k: int, num_experts: int, seed: i
     return out
 
 
-def _switch_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Outermost expert modules in layer order: StreamingExperts, or SwitchGLU / SwitchMLP."""
-    kinds = (ReplayedExperts, StreamingExperts, SwitchGLU, SwitchMLP)
-    found = [(p, m) for p, m in model.named_modules() if isinstance(m, kinds)]
-    outer = [(p, m) for p, m in found if not any(p.startswith(q + ".") for q, _ in found)]
-    return sorted(outer, key=lambda pm: _natural_key(pm[0]))
-
-
-def _natural_key(path: str) -> list:
-    return [int(t) if t.isdigit() else t for t in path.replace(".", " . ").split()]
-
-
-def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent_path, _, attr = path.rpartition(".")
-    node = model
-    for part in parent_path.split(".") if parent_path else []:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return node, attr
+def _switch_sites(model: nn.Module) -> list[SwitchSite]:
+    """Outermost expert modules in layer order: a replay wrapper, StreamingExperts or a switch."""
+    return find_switches(model, (ReplayedExperts, StreamingExperts, *SWITCH_TYPES))
 
 
 def _num_experts(module: nn.Module) -> int:
     if isinstance(module, StreamingExperts):
         return module.bank.num_experts
-    counts = {int(m.num_experts) for _, m in module.named_modules() if hasattr(m, "num_experts")}
-    if len(counts) != 1:
-        raise ValueError(f"cannot tell the number of experts of {type(module).__name__}: {counts}")
-    return counts.pop()
+    return num_experts(module)
 
 
 def replay(
@@ -147,39 +131,37 @@ def replay(
     sites = _switch_sites(model)
     if not sites:
         raise ValueError("the model has no MoE switch modules to replay into")
-    if any(isinstance(m, ReplayedExperts) for _, m in sites):
+    if any(isinstance(site.module, ReplayedExperts) for site in sites):
         raise ValueError("the model already replays a trace; call restore(model) first")
     wanted = tuple(phases)
     wrappers = []
-    for n, (path, module) in enumerate(sites):
+    for n, site in enumerate(sites):
         layer = n % trace.n_layer
         calls = trace.layer_calls(layer, wanted)
-        num_experts = _num_experts(module)
-        if trace.n_expert > num_experts and any(max(c) >= num_experts for c in calls):
-            raise ValueError(f"{path}: the trace uses expert ids up to {trace.n_expert - 1}, "
-                             f"the model's layer has {num_experts} experts")  # fmt: skip
-        wrapper = ReplayedExperts(module, calls, num_experts, seed * 100_003 + n, record, sync)
-        parent, attr = _parent(model, path)
-        setattr(parent, attr, wrapper)
+        experts = _num_experts(site.module)
+        if trace.n_expert > experts and any(max(c) >= experts for c in calls):
+            raise ValueError(f"{site.path}: the trace uses expert ids up to {trace.n_expert - 1}, "
+                             f"the model's layer has {experts} experts")  # fmt: skip
+        wrapper = ReplayedExperts(site.module, calls, experts, seed * 100_003 + n, record, sync)
+        setattr(site.parent, site.attr, wrapper)
         wrappers.append(wrapper)
     return wrappers
 
 
 def replayed(model: nn.Module) -> list[ReplayedExperts]:
     """The replay wrappers of `model`, in layer order (empty when it does not replay)."""
-    return [m for _, m in _switch_sites(model) if isinstance(m, ReplayedExperts)]
+    return [s.module for s in _switch_sites(model) if isinstance(s.module, ReplayedExperts)]
 
 
 def rewind(model: nn.Module, step: int = 0) -> None:
     """Restart every layer's replay at trace row `step` (e.g. before a second run)."""
     for w in replayed(model):
-        object.__setattr__(w, "cursor", step)
-        object.__setattr__(w, "sync_seconds", 0.0)
+        set_plain(w, "cursor", step)
+        set_plain(w, "sync_seconds", 0.0)
 
 
 def restore(model: nn.Module) -> None:
     """Put the original switch modules back: the router decides again."""
-    for path, m in _switch_sites(model):
-        if isinstance(m, ReplayedExperts):
-            parent, attr = _parent(model, path)
-            setattr(parent, attr, m.inner)
+    for site in _switch_sites(model):
+        if isinstance(site.module, ReplayedExperts):
+            setattr(site.parent, site.attr, site.module.inner)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from http.server import ThreadingHTTPServer
 from types import SimpleNamespace
 
-from mlx_lm import server as mls
-from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
+from mlxstore.mlxlm import LRUPromptCache, make_prompt_cache
+from mlxstore.mlxlm import server as mls
 
 from . import anthropic, record
 from .load import plan_of

@@ -20,8 +20,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxstore.formats import DTYPE_SIZES, StoreError
+from mlxstore.switches import find_switches
 
-from .discover import find_switches
 from .plan import CacheOptions, Plan, make_plan
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -140,7 +140,7 @@ def build_lazy(config: dict) -> tuple[nn.Module, dict[str, dict]]:
     """The mlx-lm model of `config`, cast to its dtype and quantized as the config says
     (per-module overrides included), with no parameter evaluated; and the quantization
     applied to each module path."""
-    from mlx_lm.utils import _get_classes
+    from mlxstore.mlxlm import get_classes as _get_classes
 
     arch = config.get("model_type")
     try:

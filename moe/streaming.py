@@ -28,6 +28,7 @@ from mlxstore.formats import StoreError
 
 from .bank import ExpertBank
 from .discover import predict_experts
+from .plain import set_plain
 
 PREFETCH_MODES = ("none", "temporal", "next-layer")
 PASS_MODES = ("full", "rows")
@@ -54,13 +55,11 @@ class StreamingExperts(nn.Module):
     def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str = "none", passes: str = "full"):
         super().__init__()
         self.inner = inner
-        # Plain attributes, not module members: nn.Module would register these as children
-        # or parameters (and save, load and quantize them with the weights).
-        object.__setattr__(self, "bank", bank)
-        object.__setattr__(self, "prefetch", prefetch)
-        object.__setattr__(self, "passes", passes)
-        object.__setattr__(self, "next_layer", None)
-        object.__setattr__(self, "_previous", np.empty(0, dtype=np.int64))
+        set_plain(self, "bank", bank)
+        set_plain(self, "prefetch", prefetch)
+        set_plain(self, "passes", passes)
+        set_plain(self, "next_layer", None)
+        set_plain(self, "_previous", np.empty(0, dtype=np.int64))
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         bank: ExpertBank = self.bank
@@ -89,7 +88,7 @@ class StreamingExperts(nn.Module):
         waited = st.wait_seconds
         if self.prefetch == "temporal":
             bank.hint(np.setdiff1d(self._previous, experts, assume_unique=True))
-            object.__setattr__(self, "_previous", experts)
+            set_plain(self, "_previous", experts)
         if experts.size <= bank.num_slots:
             slots = bank.ensure(experts.tolist())
             slot_ids = mx.array(np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)], dtype=indices.dtype)

@@ -1,9 +1,12 @@
-"""Session-wide synthetic models and their stores, built once and shared by test files."""
+"""What test files share: synthetic models and their stores (built once per session), and
+the helpers several files need (random prompts, flipping a byte of a file)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
 import pytest
 from synth_cases import CASES
 
@@ -36,3 +39,23 @@ def store_dir(tmp_path_factory, model_dir):
         return built[case]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def model_and_store(model_dir, store_dir):
+    """`model_and_store(case_id)`: (source directory, store) of a case."""
+    return lambda case: (model_dir(case), store_dir(case))
+
+
+def random_prompt(n: int, seed: int = 0, vocab: int = 512) -> mx.array:
+    """A (1, n) batch of token ids, past the synthetic tokenizer's special ids (0..2)."""
+    return mx.array(np.random.default_rng(seed).integers(3, vocab, size=(1, n)), dtype=mx.int32)
+
+
+def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
+    """XOR the byte at `offset` of `path` with `mask`, in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))

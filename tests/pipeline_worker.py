@@ -13,10 +13,9 @@ import sys
 import mlx.core as mx
 import numpy as np
 from mlx_lm import stream_generate
-from mlx_lm.models.cache import make_prompt_cache
-from mlx_lm.sample_utils import make_sampler
 
 from mlxstore import moe
+from mlxstore.mlxlm import make_prompt_cache, make_sampler
 from mlxstore.moe import pipeline
 
 

@@ -68,11 +68,3 @@ def raw_bytes(arr) -> bytes:
             arr = arr.view(mx.uint16)
         return np.asarray(arr).tobytes()
     return np.ascontiguousarray(arr).tobytes()
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from bench.all import run_all
-from bench.context import Ctx
-from bench.policy_sim import default_trace
-from bench.scale import SCALES
-from bench.sides import Side, run_sides
-from bench.targets import TARGETS
+from bench.commands.all import run_all
+from bench.harness.context import Ctx
+from bench.harness.policy_sim import default_trace
+from bench.harness.scale import SCALES
+from bench.harness.sides import Side, run_sides
+from bench.harness.targets import TARGETS
 
 TRACE = default_trace()
 

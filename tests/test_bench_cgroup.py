@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.cgroup import (
+from bench.harness.cgroup import (
     CgroupUnavailable,
     MemoryCgroup,
     _own_cgroup_paths,
-    parse_size,
     run_capped,
 )
+from mlxstore.sizes import parse_size  # what `bench capped --mem` parses with
 
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench` runs
 

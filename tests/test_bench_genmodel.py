@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.genmodel import (
+from bench.harness.genmodel import (
     expert_usage,
     make_config,
     tensor_specs,
@@ -93,7 +93,7 @@ def test_memory_bounded(tmp_path: Path) -> None:
     code = f"""
 import resource, sys
 sys.path.insert(0, {str(ROOT)!r})
-from bench.genmodel import make_config, write_model
+from bench.harness.genmodel import make_config, write_model
 
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 c = make_config(layers=4, experts=96, hidden=1024, moe_intermediate=512, intermediate=2048,

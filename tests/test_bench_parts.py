@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from bench.driver import Worker, WorkerDied, WorkerError, merge
-from bench.rawio import raw_batches
-from bench.report import targets_table
-from bench.targets import TARGETS, verdict
-from bench.worker import read_bytes_so_far, serve
+from bench.harness.driver import Worker, WorkerDied, WorkerError, merge
+from bench.harness.rawio import raw_batches
+from bench.harness.report import targets_table
+from bench.harness.targets import TARGETS, verdict
+from bench.harness.worker import read_bytes_so_far, serve
 
 
 def test_serve_answers_and_reports_errors():
@@ -65,3 +65,27 @@ def test_verdicts_and_table():
     assert verdict("P8", "OOM-killed during load")["met"] is None
     table = targets_table({tid: verdict(tid, 1.0) for tid in TARGETS})
     assert all(tid in table for tid in TARGETS)
+
+
+def test_a_rerun_writes_a_new_results_file(tmp_path, monkeypatch):
+    """Commands default to bench/results/<name>-<time>.json: never a file that exists."""
+    from click.testing import CliRunner
+
+    from bench.commands.policy import command as policy_command
+    from bench.harness import results
+
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    committed = tmp_path / "policy.json"
+    committed.write_text("the README's figures\n")
+    first = results.new_result("policy")
+    first.write_text("{}")
+    second = results.new_result("policy")
+    assert first.name.startswith("policy-") and second != first and not second.exists()
+    trace = tmp_path / "t.route.csv"
+    trace.write_text("# model=toy arch=toy n_layer=1 n_expert=4 n_expert_used=1\n"
+                     "turn,phase,step,layer,slot,expert,weight,residency,expert_bytes\n"
+                     + "".join(f"0,1,{s},0,0,{s % 3},1.0,0,1\n" for s in range(6)))  # fmt: skip
+    r = CliRunner().invoke(policy_command, ["--trace", str(trace), "--slots", "1", "--policies", "lru"])
+    assert r.exit_code == 0, r.output
+    assert committed.read_text() == "the README's figures\n"
+    assert len(list(tmp_path.glob("policy-*.json"))) == 2

@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.policy_sim import (
-    SLOTS,
-    command,
-    default_trace,
-    readme_check,
-    simulate,
-)
+from bench.commands.policy import command
+from bench.harness.policy_sim import SLOTS, default_trace, readme_check, simulate
 from mlxstore.formats.route_trace import load_route_trace, parse_route_trace
 from mlxstore.moe.policy import DEFAULT_POLICY
 

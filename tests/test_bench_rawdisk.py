@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.rawdisk import (
+from bench.harness.rawdisk import (
     cached_fraction,
     drop_file_cache,
     pread_extents,
@@ -92,7 +92,7 @@ def test_cli(files: list[str]) -> None:
 
 def test_sequential_read_surfaces_worker_errors(tmp_path: Path) -> None:
     """A file that fails to read is an error, not a silently lower byte count."""
-    from bench.rawdisk import sequential_read
+    from bench.harness.rawdisk import sequential_read
 
     (tmp_path / "d").mkdir()
     with pytest.raises(IsADirectoryError):

@@ -12,19 +12,16 @@ import threading
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
+from conftest import random_prompt
 
 import mlxstore
 from mlxstore import moe
+from mlxstore.mlxlm import make_prompt_cache
 
 
 def _io_threads() -> set[threading.Thread]:
     """Thread objects, not names: every pool numbers its threads from mlxstore-io_0."""
     return {t for t in threading.enumerate() if t.name.startswith("mlxstore-io")}
-
-
-def _prompt(seed: int, n: int = 16) -> mx.array:
-    return mx.array(np.random.default_rng(seed).integers(3, 512, size=(1, n)), dtype=mx.int32)
 
 
 class Greedy:
@@ -57,7 +54,7 @@ def test_io_threads_end_with_their_model(store):
     gc.collect()
     before = _io_threads()
     model, _ = moe.load(store, slots_per_layer=4)
-    mx.eval(model(_prompt(0)))  # misses in parallel: the pool starts its threads
+    mx.eval(model(random_prompt(16, seed=0)))  # misses in parallel: the pool starts its threads
     assert _io_threads() - before, "the test needs the I/O pool to have started"
     del model
     gc.collect()
@@ -99,7 +96,7 @@ def test_two_models_on_one_store_do_not_interfere(store, shared):
         alive.append(moe.load(source, slots_per_layer=8, prefetch="next-layer", policy="lfuda")[0])
         return alive[-1]
 
-    pa, pb = _prompt(1), _prompt(2)
+    pa, pb = random_prompt(16, seed=1), random_prompt(16, seed=2)
     want_a, want_b = _alone(load_a(), pa, steps), _alone(load_b(), pb, steps)
     ga, gb = Greedy(load_a(), pa), Greedy(load_b(), pb)  # fresh banks, filled turn by turn
     for _ in range(steps):
@@ -113,7 +110,7 @@ def test_a_model_outlives_another_on_the_same_store_object(store, tmp_path, stor
     s = mlxstore.open(store)
     first, _ = moe.load(s, slots_per_layer=4)
     second, _ = moe.load(s, slots_per_layer=4)
-    want = _alone(second, _prompt(3), 4)
+    want = _alone(second, random_prompt(16, seed=3), 4)
     for _, m in second.named_modules():  # empty the banks: the next run must read again
         if hasattr(m, "bank"):
             for slot in range(m.bank.num_slots):
@@ -123,7 +120,7 @@ def test_a_model_outlives_another_on_the_same_store_object(store, tmp_path, stor
     other = store_dir("mixtral")  # descriptors freed by the close are reused by new opens
     fds = [os.open(other / "model.mlxs", os.O_RDONLY) for _ in range(8)]
     try:
-        got = _alone(second, _prompt(3), 4)
+        got = _alone(second, random_prompt(16, seed=3), 4)
     finally:
         for fd in fds:
             os.close(fd)

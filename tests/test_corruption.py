@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import flip_byte
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,14 +41,6 @@ def _items(store: Path) -> list[tuple[str, str | None, int | None, str, int, int
         for name, p in index.files.items():
             out.append((f"file {name!r}", None, None, index.shards[p.shard].name, p.offset, p.length))
     return [x for x in out if x[-1]]
-
-
-def _flip(path: Path, offset: int, mask: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)[0]
-        f.seek(offset)
-        f.write(bytes([byte ^ mask]))
 
 
 def _refused(call, what: str) -> None:
@@ -90,11 +83,11 @@ def test_one_flipped_byte_is_named_by_verify_and_every_loader(stores, data):
     what, tensor, expert, file, offset, length = data.draw(st.sampled_from(_items(store)), label="item")
     at = offset + data.draw(st.integers(0, length - 1), label="byte")
     mask = data.draw(st.integers(1, 255), label="mask")
-    _flip(store / file, at, mask)
+    flip_byte(store / file, at, mask)
     try:
         _check_named_everywhere(store, what, tensor, expert)
     finally:
-        _flip(store / file, at, mask)
+        flip_byte(store / file, at, mask)
 
 
 @pytest.mark.parametrize("fill", ["direct", "staged"])
@@ -104,11 +97,11 @@ def test_first_and_last_byte_of_an_expert(stores, where, fill):
     items = [x for x in _items(store) if x[2] is not None]
     what, tensor, expert, file, offset, length = items[len(items) // 2]
     at = offset if where == "first" else offset + length - 1
-    _flip(store / file, at, 0x80)
+    flip_byte(store / file, at, 0x80)
     try:
         _check_named_everywhere(store, what, tensor, expert, fill)
     finally:
-        _flip(store / file, at, 0x80)
+        flip_byte(store / file, at, 0x80)
 
 
 def test_intact_stores_verify(stores):

@@ -1,5 +1,5 @@
 """Hostile stores end in StoreError naming the problem: no other exception, no hang, no file
-opened outside the store, no allocation from an unvalidated size (bench.hostile)."""
+opened outside the store, no allocation from an unvalidated size (bench.harness.hostile)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import mlxstore
-from bench.hostile import FIFO, Case, bases, cases, reseal, with_index, with_text
-from bench.hostile_run import GOOD, CaseRunner, exercise, recording_opens
+from bench.harness.hostile import FIFO, Case, bases, cases, reseal, with_index, with_text
+from bench.harness.hostile_run import GOOD, CaseRunner, exercise, recording_opens
 from mlxstore.formats import StoreError
 from mlxstore.formats.layout import PREAMBLE_SIZE
 

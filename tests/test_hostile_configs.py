@@ -9,7 +9,7 @@ import mlx.core as mx
 import pytest
 
 import mlxstore
-from bench.hostile import base_of, with_index
+from bench.harness.hostile import base_of, with_index
 from mlxstore import moe
 
 

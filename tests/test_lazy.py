@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from store_cases import flip_byte, raw_bytes, sample, write_store
+from conftest import flip_byte
+from store_cases import raw_bytes, sample, write_store
 
 import mlxstore
 

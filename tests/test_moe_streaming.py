@@ -6,12 +6,12 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
-from mlx_lm.sample_utils import make_sampler
+from conftest import random_prompt
 
 import mlxstore
 from mlxstore import moe, osio
 from mlxstore.formats import StoreError
+from mlxstore.mlxlm import make_prompt_cache, make_sampler
 from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir, tiny_config
 
@@ -26,19 +26,9 @@ def _num_experts(cfg: dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """arch -> (source dir, store dir), built once per module."""
-    root = tmp_path_factory.mktemp("moe")
-    out = {}
-    for arch in MOE_ARCHS:
-        mode = "mxfp4" if arch == "gpt_oss" else "affine"
-        src = make_model_dir(arch, root / f"{arch}-src", mode=mode, seed=1)
-        out[arch] = (src, pack(src, root / f"{arch}.store", progress=False))
-    return out
-
-
-def _prompt(n: int, vocab: int = 512, seed: int = 0) -> mx.array:
-    return mx.array(np.random.default_rng(seed).integers(3, vocab, size=(1, n)), dtype=mx.int32)
+def models(model_and_store):
+    """arch -> (source dir, store dir); gpt_oss in mxfp4, as it ships."""
+    return {arch: model_and_store("gpt_oss-mxfp4" if arch == "gpt_oss" else arch) for arch in MOE_ARCHS}
 
 
 def _logits_trace(model, prompt: mx.array, steps: int) -> list[np.ndarray]:
@@ -60,7 +50,7 @@ def test_streamed_logits_bit_identical(models, arch):
     cfg = tiny_config(arch)
     experts, top_k = _num_experts(cfg), cfg["num_experts_per_tok"]
     resident, _ = mlx_lm.load(str(src))
-    prompt = _prompt(24)
+    prompt = random_prompt(24)
     want = _logits_trace(resident, prompt, steps=6)
     assert all(np.isfinite(w).all() for w in want), f"{arch}: the resident model's logits are not finite here"
     for slots in sorted({experts, max(top_k, experts // 2), top_k}, reverse=True):
@@ -84,7 +74,7 @@ def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes):
     cfg = tiny_config(arch)
     resident, _ = mlx_lm.load(str(src))
     for n, seed in ((24, 0), (5, 1)):  # sorted and unsorted switch calls
-        prompt = _prompt(n, seed=seed)
+        prompt = random_prompt(n, seed=seed)
         want = _logits_trace(resident, prompt, steps=4)
         for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2):
             model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes)
@@ -104,7 +94,7 @@ class _ShapeSpy:
 
 
 def _spy_switches(model) -> list:
-    from mlxstore.moe.discover import find_switches
+    from mlxstore.switches import find_switches
 
     log: list = []
     for site in find_switches(model):
@@ -121,7 +111,7 @@ def test_switch_calls_keep_resident_shapes(models, arch):
     cfg = tiny_config(arch)
     resident, _ = mlx_lm.load(str(src))
     want = _spy_switches(resident)
-    prompt = _prompt(24)
+    prompt = random_prompt(24)
     _logits_trace(resident, prompt, steps=4)
     for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2, _num_experts(cfg)):
         model, _ = moe.load(store, slots_per_layer=slots, passes="full")
@@ -154,7 +144,7 @@ def test_generate_same_tokens_greedy_and_sampled(models, arch):
 def test_reads_are_exact(models):
     _, store = models["qwen3_moe"]
     model, _ = moe.load(store, slots_per_layer=4)
-    _logits_trace(model, _prompt(8), steps=4)
+    _logits_trace(model, random_prompt(8), steps=4)
     st = moe.stats(model)
     s = mlxstore.open(store)
     for name, layer in st.layers.items():
@@ -167,13 +157,18 @@ def test_reads_are_exact(models):
 def test_next_layer_prefetch_is_exact_and_counted(models):
     src, store = models["qwen3_moe"]
     resident, _ = mlx_lm.load(str(src))
-    prompt = _prompt(12, seed=3)
+    prompt = random_prompt(12, seed=3)
     want = _logits_trace(resident, prompt, steps=4)
+    extent = {name: g.extents[0].length for name, g in mlxstore.open(store).expert_groups.items()}
     for mode in ("next-layer", "temporal"):
         model, _ = moe.load(store, slots_per_layer=4, prefetch=mode, page_cache="drop")
         got = _logits_trace(model, prompt, steps=4)
         assert all(np.array_equal(w, g) for w, g in zip(want, got))
-    assert moe.stats(model).total.prefetch_issued >= 0
+        st = moe.stats(model)
+        assert st.total.prefetch_issued > 0, mode  # 4 of the layer's experts fit: some are hinted
+        for name, layer in st.layers.items():  # every hint is one whole expert extent, counted once
+            assert layer.prefetch_bytes == layer.prefetch_issued * extent[name]
+            assert layer.prefetch_used <= layer.prefetch_issued
 
 
 def test_budget_too_small_says_minimum(models):
@@ -200,14 +195,14 @@ def test_store_without_experts_loads_resident(tmp_path, caplog):
     assert "no experts to stream" in caplog.text
     assert moe.stats(model).layers == {}
     resident, _ = mlx_lm.load(str(src))
-    prompt = _prompt(5)
+    prompt = random_prompt(5)
     assert np.array_equal(np.array(model(prompt).astype(mx.float32)), np.array(resident(prompt).astype(mx.float32)))
 
 
 def test_failed_read_leaves_bank_consistent(models, monkeypatch):
     src, store = models["olmoe"]
     resident, _ = mlx_lm.load(str(src))
-    prompt = _prompt(10, seed=5)
+    prompt = random_prompt(10, seed=5)
     want = np.array(resident(prompt).astype(mx.float32))
     model, _ = moe.load(store, slots_per_layer=4)
     real = osio.read_extent_into
@@ -244,7 +239,7 @@ def test_peak_memory_within_budget(tmp_path):
     model, _ = moe.load(store, memory_budget=budget, max_context=64, headroom=256 << 10)
     plan = moe.plan_of(model)
     assert plan.slots_per_layer < 64 // 3
-    _logits_trace(model, _prompt(16), steps=8)
+    _logits_trace(model, random_prompt(16), steps=8)
     overhead = 4 << 20  # activations and allocator slack of this tiny model
     assert mx.get_peak_memory() <= budget + overhead
     assert moe.stats(model).total.misses > 0
@@ -269,7 +264,7 @@ def test_long_prompt_passes_bit_identical(models, arch):
     src, store = models[arch]
     top_k = tiny_config(arch)["num_experts_per_tok"]
     resident, _ = mlx_lm.load(str(src))
-    prompt = _prompt(90, seed=11)
+    prompt = random_prompt(90, seed=11)
     want = _logits_trace(resident, prompt, steps=2)
     model, _ = moe.load(store, slots_per_layer=top_k)
     got = _logits_trace(model, prompt, steps=2)
@@ -281,14 +276,14 @@ def test_all_resident_layers_decode_without_host_sync(models, monkeypatch):
     """Once a layer holds every expert for good, decode maps ids on the device."""
     src, store = models["qwen3_moe"]
     resident, _ = mlx_lm.load(str(src))
-    prompt = _prompt(90, seed=4)
+    prompt = random_prompt(90, seed=4)
     want = _logits_trace(resident, prompt, steps=4)
     model, _ = moe.load(store, slots_per_layer=16)
     banks = [m.bank for _, m in model.named_modules() if hasattr(m, "bank")]
     for seed in range(20):  # random weights leave some experts unused for a while
         if all(b.fixed_slots is not None for b in banks):
             break
-        mx.eval(model(_prompt(90, seed=100 + seed)))
+        mx.eval(model(random_prompt(90, seed=100 + seed)))
     assert all(b.fixed_slots is not None for b in banks)
     cache = make_prompt_cache(model)
     first = np.array(model(prompt, cache=cache).astype(mx.float32))

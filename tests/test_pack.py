@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlx.utils import tree_flatten
-from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
-from mlx_lm.utils import load_model
 from synth_cases import CASES
 
 from mlxstore.cli.main import main
 from mlxstore.formats import StoreReader
+from mlxstore.mlxlm import SwitchGLU, SwitchMLP, load_model
 from mlxstore.pack import pack
 
 

@@ -1,30 +1,71 @@
-"""`mlxstore pack` killed with SIGKILL at random points: DST is absent or a complete store
-that verifies, a rerun succeeds, and no temporary files outlive the rerun.
+"""`mlxstore pack` killed with SIGKILL in every phase of the writer: DST is then absent or
+a complete store that verifies (the one that was there before, or the new one), never a
+damaged one; a rerun succeeds, and no temporary files outlive the rerun.
 
-Two lanes (one DST each) run concurrently; each lane kills 10 pack processes in a row at
-random times (two while the process still starts up, the rest while it writes: after its
-partial directory appears), checking DST after every kill, then lets a last run finish.
-The model is small but packed into 64 KiB shards, so the write phase makes ~140 files.
+Why these points and not random times: each phase leaves different things on disk, so
+one kill per phase covers every state a crash can leave, where random times mostly land
+in the longest phase. The pack process kills itself (a real SIGKILL: no handler, no
+cleanup) on the n-th call of the writer's own steps, counted in a reference run:
+
+- `write` 1: the partial directory exists, no tensor data yet; `write` half: mid-data;
+- `pwrite` 1: data written, index not; mid: index written, some shards' preambles
+  written, others not;
+- `rename` 1: everything fsynced, nothing renamed; with an old DST, `rename` 2: the old
+  store moved aside, the new one not yet in place (the next writer puts the old back);
+- `fsync_dir` 2: the new store renamed into place, the old one not yet removed.
+
+Where DST does not exist, a kill before the rename must leave it absent; over a complete
+DST (--overwrite), every kill before the rename leaves the old DST alone, so one of those
+points stands for all. The points run in three lanes of one DST each, two at a time. The
+model is small but packed into 64 KiB shards, so the store has many files.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
+import json
+import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from mlxstore.formats import StoreReader
+from mlxstore.formats.writer import partial_dirs, remove_stale_partials
 from mlxstore.synth import make_model_dir
 
-LANES, KILLS_PER_LANE = 2, 10  # one lane per core of a 2-core CI machine
-PACK = [sys.executable, "-c", "from mlxstore.cli.main import main; main()", "pack"]
 OPTIONS = ["-q", "--overwrite", "--max-shard-size", "64KiB", "--alignment", "4096"]
+
+# Packs, killing itself on call `nth` of step `point` ("none": never); prints the counts.
+_CHILD = r"""
+import json, os, signal, sys
+from mlxstore.formats import writer
+
+point, nth = sys.argv[1], int(sys.argv[2])
+counts = {}
+
+def trap(owner, name, key):
+    real = getattr(owner, name)
+    def step(*args, **kw):
+        counts[key] = counts.get(key, 0) + 1
+        if key == point and counts[key] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kw)
+    setattr(owner, name, step)
+
+trap(writer.StoreWriter, "_write", "write")
+trap(os, "pwrite", "pwrite")
+trap(os, "rename", "rename")
+trap(writer, "_fsync_dir", "fsync_dir")
+from mlxstore.cli.main import main
+sys.argv = ["mlxstore", "pack", *sys.argv[3:]]
+try:
+    main()
+finally:
+    print(json.dumps(counts), file=sys.stderr)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -34,29 +75,16 @@ def source(tmp_path_factory) -> Path:
     return make_model_dir("qwen3_moe", tmp_path_factory.mktemp("crash") / "src", config_overrides=overrides)
 
 
+def _pack(src: Path, dst: Path, point: str = "none", nth: int = 0) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", _CHILD, point, str(nth), str(src), str(dst), *OPTIONS]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 def _digest(dst: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(dst.iterdir())}
 
 
-def _leftovers(dst: Path) -> list[str]:
-    return sorted(p.name for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.mlxstore-"))
-
-
-def _timed_run(src: Path, dst: Path) -> tuple[float, float]:
-    """Pack to completion; seconds until the partial directory appeared, and in all."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([*PACK, str(src), str(dst), *OPTIONS], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    appeared = None
-    while proc.poll() is None:
-        if appeared is None and (dst.parent / f".{dst.name}{PARTIAL}{proc.pid}").exists():
-            appeared = time.perf_counter() - start
-        time.sleep(0.002)
-    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-    return appeared or 0.0, time.perf_counter() - start
-
-
-def _check_dst(dst: Path, reference: dict[str, str]) -> str:
+def _state(dst: Path, reference: dict[str, str]) -> str:
     """'absent' or 'complete'; anything else fails the test."""
     if not dst.exists():
         return "absent"
@@ -66,51 +94,51 @@ def _check_dst(dst: Path, reference: dict[str, str]) -> str:
     return "complete"
 
 
-def _lane(src: Path, dst: Path, reference: dict[str, str], startup: float, write: float, seed: int) -> list[tuple]:
-    rng = random.Random(seed)
-    kills: list[tuple] = []
-    attempts = 0
-    while len(kills) < KILLS_PER_LANE and attempts < 4 * KILLS_PER_LANE:
-        attempts += 1
-        proc = subprocess.Popen([*PACK, str(src), str(dst), *OPTIONS], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        start = time.perf_counter()
-        if len(kills) < 2:  # while it starts up: imports, reading the source
-            time.sleep(rng.uniform(0, startup))
-        else:  # while it writes: the partial directory exists
-            mine = dst.parent / f".{dst.name}{PARTIAL}{proc.pid}"  # not a dead run's leftover
-            while proc.poll() is None and not mine.exists():
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0, 1.2 * write))
-        alive = proc.poll() is None
-        proc.kill()
-        proc.wait()
-        if alive:
-            writing = (dst.parent / f".{dst.name}{PARTIAL}{proc.pid}").exists()
-            kills.append((round(time.perf_counter() - start, 3), _check_dst(dst, reference), writing))
-    proc = subprocess.run([*PACK, str(src), str(dst), *OPTIONS], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _check_dst(dst, reference) == "complete"
-    assert _leftovers(dst) == [], "temporary files left after a successful rerun"
-    return kills
+def _lanes(counts: dict[str, int]) -> dict[str, tuple[bool, list[tuple[str, int]]]]:
+    """lane -> (replacing a complete DST, kill points); three points each, so they take turns evenly."""
+    mid_data, mid_headers = ("write", max(2, counts["write"] // 2)), ("pwrite", 1 + counts["pwrite"] // 2)
+    return {
+        "new-data": (False, [("write", 1), mid_data, ("pwrite", 1)]),
+        "new-commit": (False, [mid_headers, ("rename", 1), ("fsync_dir", 2)]),
+        "replace": (True, [mid_headers, ("rename", 2), ("fsync_dir", 2)]),
+    }
 
 
-PARTIAL = ".mlxstore-partial-"
+def _lane(src: Path, dst: Path, ref: Path, reference: dict, replacing: bool, points: list) -> list[str]:
+    seen = []
+    for point, nth in points:
+        if replacing and not dst.exists():
+            shutil.copytree(ref, dst)
+        elif not replacing and dst.exists():
+            shutil.rmtree(dst)
+        done = _pack(src, dst, point, nth)
+        assert done.returncode == -9, f"{point} {nth}: not killed: {done.stderr[-2000:]}"
+        state = _state(dst, reference)
+        if replacing:  # the old store is never lost: in place, or put back by the next writer
+            remove_stale_partials(dst)
+            assert _state(dst, reference) == "complete", (point, nth)
+        else:  # the new store appears only once it is complete
+            assert state == ("complete" if point == "fsync_dir" else "absent"), (point, nth, state)
+        seen.append(f"{point} {nth}: {state}")
+    done = _pack(src, dst)  # a rerun over whatever the last kill left
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _state(dst, reference) == "complete"
+    assert partial_dirs(dst) == [], "temporary files left after a successful rerun"
+    return seen
 
 
-def test_pack_killed_at_random_points(source, tmp_path):
+def test_pack_killed_in_every_phase(source, tmp_path):
     ref = tmp_path / "reference" / "model.store"
     ref.parent.mkdir()
-    appeared, total = _timed_run(source, ref)
+    done = _pack(source, ref)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stderr.strip().splitlines()[-1])
+    assert counts["pwrite"] > 4 and counts["write"] > 4, counts  # many shards, many pieces
     reference = _digest(ref)
-    startup, write = appeared, max(total - appeared, 0.05)
-    dsts = [tmp_path / f"lane{k}" / "model.store" for k in range(LANES)]
-    for d in dsts:
+    lanes = _lanes(counts)
+    dsts = {name: tmp_path / name / "model.store" for name in lanes}
+    for d in dsts.values():
         d.parent.mkdir()
-    with ThreadPoolExecutor(LANES) as pool:
-        lanes = list(pool.map(lambda k: _lane(source, dsts[k], reference, startup, write, k), range(LANES)))
-    kills = [k for lane in lanes for k in lane]
-    assert len(kills) >= 20, kills
-    states = [state for _, state, _ in kills]
-    print(f"\n{len(kills)} kills at {sorted(t for t, _, _ in kills)} s: {states.count('absent')} absent, "
-          f"{states.count('complete')} complete, {sum(w for _, _, w in kills)} with the run's partial store on disk")  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:  # one pack at a time per core of a 2-core CI machine
+        seen = list(pool.map(lambda name: _lane(source, dsts[name], ref, reference, *lanes[name]), lanes))
+    print("\n" + "\n".join(f"{name}: {', '.join(s)}" for name, s in zip(lanes, seen)))

@@ -24,7 +24,7 @@ LAYER_EXPERT_BYTES = 16 * 3 * 512 * 256 * 2
 _CHILD = """
 import json, sys
 from mlxstore.pack import pack
-import mlx_lm.utils  # imports and their buffers are the baseline, not pack's cost
+import mlxstore.mlxlm  # mlx-lm's imports and their buffers are the baseline, not pack's cost
 
 def status(key):
     for line in open("/proc/self/status"):

@@ -20,9 +20,9 @@ import mlx_lm
 import numpy as np
 import pytest
 from mlx_lm import stream_generate
-from mlx_lm.sample_utils import make_sampler
 from pipeline_worker import logits_trace
 
+from mlxstore.mlxlm import make_sampler
 from mlxstore.moe.pipeline import split
 
 WORKER = Path(__file__).with_name("pipeline_worker.py")

@@ -12,6 +12,7 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
+from conftest import random_prompt
 
 import mlxstore
 from mlxstore import moe
@@ -50,10 +51,6 @@ class FaultyPreadv:
         return REAL_PREADV(fd, [first[: max(1, len(first) // 2)]], offset)
 
 
-def _prompt(seed: int, n: int = 12) -> mx.array:
-    return mx.array(np.random.default_rng(seed).integers(3, 512, size=(1, n)), dtype=mx.int32)
-
-
 def _logits(model, prompt) -> np.ndarray:
     return np.array(model(prompt).astype(mx.float32))
 
@@ -82,7 +79,7 @@ def _assert_banks_consistent(model, store) -> int:
 def reference(model_dir, store_dir):
     src, store = model_dir("qwen3_moe"), store_dir("qwen3_moe")
     resident, _ = mlx_lm.load(str(src))
-    prompts = [_prompt(seed) for seed in range(3)]
+    prompts = [random_prompt(12, seed=seed) for seed in range(3)]
     return store, prompts, [_logits(resident, p) for p in prompts]
 
 

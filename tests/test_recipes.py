@@ -1,6 +1,6 @@
 """The README's recipe table is what `mlxstore plan` says about the configs in bench/recipes."""
 
-from bench import recipe_table
+from bench.commands import recipes as recipe_table
 from mlxstore.moe.spec import spec_of
 
 

@@ -14,9 +14,9 @@ from mlxstore import moe
 from mlxstore.cli.main import main
 from mlxstore.formats import StoreReader
 from mlxstore.formats.route_trace import GENERATION, PROMPT, load_route_trace
-from mlxstore.moe.discover import find_switches
 from mlxstore.moe.record import RecordedExperts, record, recorder_of, stop
 from mlxstore.pack import pack
+from mlxstore.switches import find_switches
 from mlxstore.synth import make_model_dir
 
 EXPERTS, TOP_K = 16, 4  # the tiny qwen3_moe of mlxstore.synth

@@ -6,13 +6,11 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
 
 from mlxstore import moe
 from mlxstore.formats.route_trace import GENERATION, PROMPT, RouteTrace, parse_route_trace
+from mlxstore.mlxlm import make_prompt_cache
 from mlxstore.moe.replay import pad_rows, replay, replayed, restore, rewind
-from mlxstore.pack import pack
-from mlxstore.synth import make_model_dir
 
 EXPERTS, TOP_K = 16, 4  # the tiny qwen3_moe of mlxstore.synth
 
@@ -32,10 +30,8 @@ def make_trace(n_layer: int, top_k: int, steps: int, seed: int = 0, prompt: int 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("replay")
-    src = make_model_dir("qwen3_moe", root / "src", seed=2)
-    return src, pack(src, root / "m.store", progress=False)
+def tiny(model_and_store):
+    return model_and_store("qwen3_moe")
 
 
 def _run(model, prompt_len: int, decode: int) -> list[np.ndarray]:

@@ -162,7 +162,7 @@ def test_prefetch_only_hints(store, hints):
 
 
 def test_checked_reads(tmp_path):
-    from store_cases import flip_byte
+    from conftest import flip_byte
 
     path = write_store(tmp_path / "c", {"x": ("int32", np.arange(10, dtype=np.int32))})
     with mlxstore.open(path) as s:

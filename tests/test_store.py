@@ -9,7 +9,8 @@ import threading
 import mlx.core as mx
 import numpy as np
 import pytest
-from store_cases import NP_DTYPES, SHAPES, flip_byte, raw_bytes, sample, write_store
+from conftest import flip_byte
+from store_cases import NP_DTYPES, SHAPES, raw_bytes, sample, write_store
 
 import mlxstore
 from mlxstore import buffers

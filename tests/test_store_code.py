@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import mlxstore
-from bench.hostile import base_of, with_index
+from bench.harness.hostile import base_of, with_index
 from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir
 

@@ -9,9 +9,9 @@ import mlx_lm
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from mlx_lm.models import switch_layers
 from synth_cases import CASES
 
+from mlxstore.mlxlm import SWITCH_TYPES
 from mlxstore.synth import make_model_dir
 
 
@@ -79,7 +79,7 @@ def test_sharded_source_has_an_index(model_dir):
 def test_routing_spreads_over_experts(model_dir, case, monkeypatch):
     """Zero-mean weights: every MoE layer sends 256 random tokens to most of its experts."""
     seen = []
-    for cls in (switch_layers.SwitchGLU, switch_layers.SwitchMLP):
+    for cls in SWITCH_TYPES:
         original = cls.__call__
 
         def record(self, x, indices, _original=original):
@@ -92,7 +92,7 @@ def test_routing_spreads_over_experts(model_dir, case, monkeypatch):
     mx.eval(model(mx.array(tokens)))
     assert seen
     for layer, ids in enumerate(seen):
-        experts = next(m for _, m in model.named_modules() if isinstance(m, (switch_layers.SwitchGLU, switch_layers.SwitchMLP)))
+        experts = next(m for _, m in model.named_modules() if isinstance(m, SWITCH_TYPES))
         num = next(m.num_experts for _, m in experts.named_modules() if hasattr(m, "num_experts"))
         used = np.unique(ids).size
         assert used >= num * 3 // 4, f"layer {layer}: only {used} of {num} experts used"

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from conftest import flip_byte
 
 from mlxstore.cli.main import main
 from mlxstore.formats import StoreError, StoreReader
@@ -24,14 +25,6 @@ def store(store_dir, tmp_path):
 
 def _verify(path):
     return CliRunner().invoke(main, ["verify", "-q", str(path)])
-
-
-def _flip(path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
 
 
 def _rewrite_index(primary, edit) -> None:
@@ -56,7 +49,7 @@ def test_flipped_dense_byte_names_the_tensor(store):
     info = store_info(store)
     name = "model.layers.1.self_attn.o_proj.weight"
     x = info["tensors"][name]["extents"][0]
-    _flip(store / x["file"], x["offset"] + x["length"] // 2)
+    flip_byte(store / x["file"], x["offset"] + x["length"] // 2, 0x01)
     r = _verify(store)
     assert r.exit_code == 1
     assert f"damaged: tensor '{name}'" in r.output
@@ -67,7 +60,7 @@ def test_flipped_expert_byte_names_tensor_and_expert(store):
     info = store_info(store)
     name = "model.layers.0.mlp.switch_mlp.down_proj.scales"
     x = info["tensors"][name]["extents"][5]
-    _flip(store / x["file"], x["offset"])
+    flip_byte(store / x["file"], x["offset"], 0x01)
     r = _verify(store)
     assert r.exit_code == 1
     assert f"damaged: tensor '{name}' expert 5" in r.output
@@ -80,7 +73,7 @@ def test_every_damaged_item_is_named(store):
     b = info["tensors"]["model.layers.1.mlp.switch_mlp.gate_proj.weight"]["extents"][15]
     c = info["files"]["tokenizer.json"]
     for x in (a, b, c):
-        _flip(store / x["file"], x["offset"] + 1)
+        flip_byte(store / x["file"], x["offset"] + 1, 0x01)
     r = _verify(store)
     assert r.exit_code == 1
     assert "damaged: tensor 'model.norm.weight'" in r.output
@@ -101,7 +94,7 @@ def _refused(store, match: str) -> None:
 
 
 def test_wrong_magic(store):
-    _flip(store / "model.mlxs", 0)
+    flip_byte(store / "model.mlxs", 0, 0x01)
     _refused(store, "wrong magic")
 
 
@@ -118,14 +111,14 @@ def test_truncated_file(store):
 
 
 def test_damaged_preamble(store):
-    _flip(store / "model.mlxs", 20)  # the alignment field
+    flip_byte(store / "model.mlxs", 20, 0x01)  # the alignment field
     _refused(store, "preamble checksum mismatch")
 
 
 def test_corrupt_index(store):
     raw = (store / "model.mlxs").read_bytes()
     pre = parse_preamble(raw[:PREAMBLE_SIZE], "test")
-    _flip(store / "model.mlxs", pre.index_offset + pre.index_length // 2)
+    flip_byte(store / "model.mlxs", pre.index_offset + pre.index_length // 2, 0x01)
     _refused(store, "index checksum mismatch")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.policy_sim import default_trace
+from bench.harness.policy_sim import default_trace
 from mlxstore.formats.route_trace import load_route_trace
 from mlxstore.moe.policy import DEFAULT_POLICY, make_policy
 
@@ -57,7 +57,7 @@ def test_route_to_slots(benchmark, calls):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """A one-layer real-shape store with 16 experts (47 MB of experts)."""
-    from bench.genmodel import make_config, write_model
+    from bench.harness.genmodel import make_config, write_model
     from mlxstore.pack import pack
 
     root = tmp_path_factory.mktemp("micro")

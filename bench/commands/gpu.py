@@ -1,0 +1,435 @@
+"""`python -m bench gpu`: streaming on a fast accelerator, every figure from one process.
+
+Why one process: on the lent GPU machine the same configuration varied up to 1.9x from
+process to process, so every configuration here shares one process and one model, and
+the timed segments alternate between them round by round. The stage builds what it
+needs on the machine's own disk (a random-weight Qwen3-30B-A3B-shaped model and its
+store), replays a real routing trace through every model (resident and streamed alike,
+so they compute the same tokens), and checks each streamed configuration's logits
+against the resident model's, bit for bit, before timing anything.
+
+Targets (issue 8): G1 every expert fits >= 0.98x resident; G2 100% hits through the host
+path >= 0.70x resident and per-layer host work <= 60 us; G3 50%/25% of experts, cold and
+warm, >= 0.85x the bound 1 / (resident s/token + missed bytes/token / raw GB/s); G4
+expert bytes/s while reading >= 0.9x raw parallel pread of the same extents; G5 a
+512-token prompt at 25% >= 0.85x min(resident, reading each distinct expert once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import mlx.core as mx
+import numpy as np
+
+from bench.harness.genmodel import make_config, write_model
+from bench.harness.policy_sim import default_trace
+
+TARGETS = {  # id: (bound, what is measured)
+    "G1": (0.98, "decode tok/s, every expert fits / resident mlx-lm"),
+    "G2": (0.70, "decode tok/s, 100% hits through the host-sync path / resident"),
+    "G2h": (60.0, "per-layer host work of the streamed layer, sync and reads excluded, us (<=)"),
+    "G3": (0.85, "decode tok/s at 50%/25% of experts / 1 / (resident s/token + missed bytes / raw GB/s)"),
+    "G4": (0.9, "expert bytes/s while reading / raw parallel pread of the same extents"),
+    "G5": (0.85, "prompt tok/s at 25% / min(resident, reading each distinct expert once)"),
+}
+
+
+def verdict(target_id: str, value: float | None, note: str = "") -> dict:
+    bound, what = TARGETS[target_id]
+    low = target_id == "G2h"
+    met = None if value is None else (value <= bound if low else value >= bound)
+    return {"id": target_id, "value": value, "target": f"{'<=' if low else '>='} {bound}", "met": met,
+            "metric": what, "note": note}  # fmt: skip
+
+
+def _banks(model) -> list:
+    return [m.bank for _, m in model.named_modules() if hasattr(m, "bank")]
+
+
+def _files(store: Path) -> list[str]:
+    from bench.harness.worker import shard_paths
+
+    return shard_paths(str(store))
+
+
+def _drop(paths) -> None:
+    from mlxstore import osio
+
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            osio.advise_dontneed(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+
+def _warm(paths) -> None:
+    buf = bytearray(16 << 20)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def _record(model, log: list) -> None:
+    """Every miss's extent goes to `log` as (path, offset, length) (wraps each bank's fill)."""
+    for bank in _banks(model):
+        paths = [os.readlink(f"/proc/self/fd/{fd}") for fd in bank.fds]
+
+        def fill(misses, _fill=bank.fill, _bank=bank, _paths=paths):
+            if log is not None and misses:
+                log.extend((_paths[_bank.group.extents[e].shard], _bank.group.extents[e].offset,
+                            _bank.group.extents[e].length) for e, _ in misses)  # fmt: skip
+            return _fill(misses)
+
+        bank.fill = fill
+
+
+def raw_read(extents: list, threads: int, cold: bool) -> dict:
+    """Parallel pread of `extents` (each cold: its pages dropped after the read, as the
+    streamed side's page_cache="drop" does), into buffers allocated before timing."""
+    from mlxstore import osio
+
+    if not extents:
+        return {"bytes": 0, "seconds": 0.0, "gb_per_s": 0.0}
+    if cold:
+        _drop({p for p, _, _ in extents})
+    fds = {p: os.open(p, os.O_RDONLY) for p in {p for p, _, _ in extents}}
+    biggest = max(n for _, _, n in extents)
+    nxt = iter(range(len(extents)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        view = memoryview(bytearray(biggest))
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                return
+            p, off, n = extents[i]
+            osio.read_extent_into(fds[p], off, [view[:n]])
+            if cold:
+                osio.advise_dontneed(fds[p], off, n)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - t0
+    for fd in fds.values():
+        os.close(fd)
+    total = sum(n for _, _, n in extents)
+    return {"bytes": total, "seconds": seconds, "gb_per_s": total / seconds / 1e9}
+
+
+def _stats(model) -> dict:
+    from mlxstore import moe
+
+    t = moe.stats(model).total
+    return {"calls": t.calls, "requests": t.requests, "hits": t.hits, "misses": t.misses,
+            "bytes_read": t.bytes_read, "read_seconds": t.read_seconds, "wait_seconds": t.wait_seconds,
+            "sync_seconds": t.sync_seconds, "host_seconds": t.host_seconds, "graph_seconds": t.graph_seconds,
+            "passes": t.passes}  # fmt: skip
+
+
+def _delta(a: dict, b: dict) -> dict:
+    return {k: b[k] - a[k] for k in a}
+
+
+def _logits_run(model, prompt: np.ndarray, steps: list[int]) -> list[np.ndarray]:
+    """Prompt logits, then one step per token of `steps` (teacher-forced), as float32."""
+    from mlxstore.mlxlm import make_prompt_cache
+    from mlxstore.moe import replay
+
+    replay.rewind(model)
+    cache = make_prompt_cache(model)
+    out = [np.array(model(mx.array(prompt)[None], cache=cache)[:, -1].astype(mx.float32))]
+    for tok in steps:
+        out.append(np.array(model(mx.array([[tok]]), cache=cache)[:, -1].astype(mx.float32)))
+    return out
+
+
+def _decode(model, prompt: np.ndarray, n: int, step: int) -> tuple[float, dict]:
+    """Seconds of `n` greedy tokens through mlx-lm's generate_step after `prompt`, replay at `step`."""
+    from mlx_lm.generate import generate_step
+
+    from mlxstore.moe import replay
+
+    replay.rewind(model, step)
+    gen = generate_step(mx.array(prompt), model, max_tokens=n + 1)
+    next(gen)  # the prompt and the first token are not decode
+    before, t0 = _stats(model) if _banks(model) else None, time.perf_counter()
+    for _ in gen:
+        pass
+    seconds = time.perf_counter() - t0
+    return seconds, (_delta(before, _stats(model)) if before is not None else {})
+
+
+def _prefill(model, prompt: np.ndarray) -> tuple[float, dict]:
+    from mlxstore.mlxlm import make_prompt_cache
+    from mlxstore.moe import replay
+
+    replay.rewind(model)
+    cache = make_prompt_cache(model)
+    before, t0 = _stats(model) if _banks(model) else None, time.perf_counter()
+    mx.eval(model(mx.array(prompt)[None], cache=cache))
+    seconds = time.perf_counter() - t0
+    return seconds, (_delta(before, _stats(model)) if before is not None else {})
+
+
+def _git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip() or None  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _machine() -> dict:
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "mlx": mx.__version__,
+            "device": str(mx.default_device())}  # fmt: skip
+    try:
+        info.update({k: v for k, v in mx.device_info().items() if isinstance(v, (str, int, float))})
+    except (AttributeError, RuntimeError):
+        pass
+    return info
+
+
+@click.command("gpu")
+@click.option("--dir", "work", default=None, help="Work folder on the disk to measure (default: a temp dir).")
+@click.option("--layers", default=48, show_default=True, help="MoE layers of the generated model.")
+@click.option("--experts", default=128, show_default=True)
+@click.option("--hidden", default=2048, show_default=True)
+@click.option("--moe-intermediate", default=768, show_default=True)
+@click.option("--vocab", default=151936, show_default=True)
+@click.option("--tokens", default=24, show_default=True, help="Decode tokens per timed segment.")
+@click.option("--rounds", default=2, show_default=True, help="Timed rounds (configurations alternate).")
+@click.option("--prompt", "prompt_len", default=512, show_default=True, help="Prompt tokens of G5.")
+@click.option("--trace", default=None, help="Routing trace (default: qwen3-30b-a3b.route.csv).")
+@click.option("--sha", default=None, help="Git sha to record when the tree has no .git.")
+@click.option("--out", default=None, help="Folder for gpu.json and gpu.md (default: a new bench/results/gpu-<time>).")
+@click.option("--configs", default=None, help="Comma-separated subset of the configurations to run.")
+def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, rounds, prompt_len, trace,
+            sha, out, configs) -> None:  # fmt: skip
+    """Issue 8's GPU targets G1-G5 in one process (run it on the GPU machine)."""
+    import mlx_lm
+
+    from bench.harness.results import new_result
+    from mlxstore import moe
+    from mlxstore.formats.route_trace import load_route_trace
+    from mlxstore.moe import replay
+    from mlxstore.pack import pack
+
+    out = out or str(new_result("gpu", suffix=""))
+    t_start = time.perf_counter()
+    work = Path(work or tempfile.mkdtemp(prefix="mlxstore-gpu-"))
+    trace_path = Path(trace) if trace else default_trace()
+    route = load_route_trace(trace_path)
+    config = make_config(layers=layers, experts=experts, hidden=hidden, moe_intermediate=moe_intermediate,
+                         vocab=vocab, intermediate=3 * hidden)  # fmt: skip
+    t0 = time.perf_counter()
+    model_dir = work / "model"
+    if not (model_dir / "config.json").exists():
+        write_model(model_dir, config)
+    store = work / "model.store"
+    if not store.exists():
+        pack(model_dir, store, progress=False)
+    build_s = time.perf_counter() - t0
+    files = _files(store)
+    print(f"model + store built in {build_s:.0f}s at {work}", flush=True)
+
+    resident, _ = mlx_lm.load(str(model_dir))
+    replay.replay(resident, route, sync=False)
+    models = {"resident": resident}
+    specs = {  # name: (slots, preload, host path forced, load options)
+        "all-fit": (experts, True, False, {}),
+        "all-hits-host": (experts, True, True, {}),
+        "50%-staged": (experts // 2, False, False, {"fill": "staged"}),
+        "50%-direct": (experts // 2, False, False, {"fill": "direct"}),
+        "25%-staged": (experts // 4, False, False, {"fill": "staged"}),
+        "25%-direct": (experts // 4, False, False, {"fill": "direct"}),
+        "25%-staged-t16": (experts // 4, False, False, {"fill": "staged", "io_threads": 16}),
+        "25%-staged-next": (experts // 4, False, False, {"fill": "staged", "prefetch": "next-layer"}),
+        "25%-rows": (experts // 4, False, False, {"fill": "staged", "passes": "rows"}),
+    }
+    if configs:
+        wanted = configs.split(",")
+        specs = {k: v for k, v in specs.items() if k in wanted}
+    from bench.harness.worker import preload
+
+    for name, (slots, pre, host, kw) in specs.items():
+        m, _ = moe.load(store, slots_per_layer=slots, page_cache="drop", **kw)
+        if pre:
+            preload(m)
+        if host:
+            for b in _banks(m):
+                b.fixed_slots = None  # keep the host-sync path although every expert is resident
+        replay.replay(m, route)
+        models[name] = m
+    print(f"loaded {len(models)} models ({time.perf_counter() - t_start:.0f}s)", flush=True)
+
+    rng = np.random.default_rng(0)
+    short = rng.integers(3, vocab, size=32).astype(np.int32)
+    # Exactness: the same teacher-forced tokens through every model, logits compared bitwise.
+    steps = [int(t) for t in rng.integers(3, vocab, size=12)]
+    long_prompt = rng.integers(3, vocab, size=prompt_len).astype(np.int32)
+    want = _logits_run(resident, short, steps)
+    want_long = _logits_run(resident, long_prompt[:256], [])
+    exact = {}
+    for name, m in models.items():
+        if name == "resident":
+            continue
+        got = _logits_run(m, short, steps) + _logits_run(m, long_prompt[:256], [])
+        exact[name] = all(np.array_equal(w, g) for w, g in zip(want + want_long, got))
+        print(f"exact {name}: {exact[name]}", flush=True)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "gpu-partial.json").write_text(json.dumps({"exact": exact}) + "\n")
+
+    # Decode, alternated: cold (every miss from the disk) then warm (the page cache holds the store).
+    timed: dict[str, list] = {}
+    extents: dict[str, list] = {}
+    raws: dict[str, dict] = {}  # the raw reference of each config and phase, read in that phase
+    order = list(models)
+    for phase in ("cold", "warm"):
+        if phase == "warm":
+            _warm(files)
+        for r in range(rounds):
+            names = order if r % 2 == 0 else order[::-1]
+            for name in names:
+                if name.endswith("rows"):
+                    continue
+                m = models[name]
+                log: list = []
+                for b in _banks(m):
+                    b.options = replace(b.options, page_cache="drop" if phase == "cold" else "keep")
+                _record(m, log)
+                if phase == "cold":
+                    _drop(files)
+                seconds, st = _decode(m, short, tokens, step=64 * r)
+                for b in _banks(m):
+                    del b.fill  # back to the class's method
+                timed.setdefault(f"{name}/{phase}", []).append({"seconds": seconds, **st})
+                extents.setdefault(f"{name}/{phase}", []).extend(log)
+        if phase == "warm":
+            _warm(files)  # the cold raw reads below must not leave the warm ones cold
+        for key in [k for k in extents if k.endswith("/" + phase) and extents[k]]:
+            raws[key] = raw_read(extents[key], threads=16, cold=phase == "cold")
+        print(f"{phase} decode done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+        (Path(out) / "gpu-partial.json").write_text(json.dumps({"exact": exact, "timed": timed}, default=float) + "\n")
+
+    rows = []
+    res_s = {ph: np.median([x["seconds"] for x in timed[f"resident/{ph}"]]) / tokens for ph in ("cold", "warm")}
+    for key, runs in timed.items():
+        name, phase = key.split("/")
+        s_tok = float(np.median([x["seconds"] for x in runs])) / tokens
+        row = {"config": name, "phase": phase, "tok_s": 1 / s_tok, "vs_resident": res_s[phase] / s_tok,
+               "exact": exact.get(name, True)}  # fmt: skip
+        if name != "resident":
+            tot = {k: sum(x[k] for x in runs) for k in runs[0] if k != "seconds"}
+            n_tok = tokens * len(runs)
+            row.update(hit_rate=tot["hits"] / max(1, tot["requests"]),
+                       missed_mb_per_token=tot["bytes_read"] / n_tok / 1e6,
+                       sync_us_per_layer=tot["sync_seconds"] / max(1, tot["calls"]) * 1e6,
+                       host_us_per_layer=tot["host_seconds"] / max(1, tot["calls"]) * 1e6,
+                       graph_us_per_layer=tot["graph_seconds"] / max(1, tot["calls"]) * 1e6,
+                       wait_ms_per_token=tot["wait_seconds"] / n_tok * 1e3,
+                       read_gb_s=tot["bytes_read"] / tot["read_seconds"] / 1e9 if tot["read_seconds"] else None)  # fmt: skip
+            raw = raws.get(key)
+            if raw:
+                row["raw_gb_s"] = raw["gb_per_s"]
+                bound = 1 / (res_s[phase] + tot["bytes_read"] / n_tok / (raw["gb_per_s"] * 1e9))
+                row["bound_tok_s"] = bound
+                row["vs_bound"] = row["tok_s"] / bound
+                row["read_vs_raw"] = (row["read_gb_s"] or 0) / raw["gb_per_s"]
+        rows.append(row)
+
+    # Prompt: 512 tokens at 25% of the experts, expert-major passes, cold, vs resident.
+    prompt_rows = []
+    for r in range(rounds):
+        for name in [n for n in ("resident", "25%-staged", "25%-rows") if n in models]:
+            m = models[name]
+            log = []
+            if name != "resident":
+                _record(m, log)
+                _drop(files)
+            seconds, st = _prefill(m, long_prompt)
+            if name != "resident":
+                for b in _banks(m):
+                    del b.fill
+            prompt_rows.append({"config": name, "round": r, "seconds": seconds, **st, "extents": len(log)})
+            if name == "25%-staged" and r == 0:
+                distinct = sorted(set(log))
+                raw = raw_read(distinct, threads=16, cold=True)
+                read_once_s = raw["seconds"]
+    res_p = np.median([x["seconds"] for x in prompt_rows if x["config"] == "resident"])
+    prompt = {}
+    for name in [n for n in ("25%-staged", "25%-rows") if n in models]:
+        s = float(np.median([x["seconds"] for x in prompt_rows if x["config"] == name]))
+        bound_s = max(res_p, read_once_s)
+        prompt[name] = {"tok_s": prompt_len / s, "resident_tok_s": prompt_len / res_p,
+                        "read_once_tok_s": prompt_len / read_once_s, "vs_bound": bound_s / s}  # fmt: skip
+
+    def row(name, phase):
+        return next((x for x in rows if x["config"] == name and x["phase"] == phase), {})
+
+    def worst(key, names):
+        values = [row(n, ph)[key] for n in names for ph in ("cold", "warm") if key in row(n, ph)]
+        return min(values) if values else None
+
+    host = row("all-hits-host", "warm")
+    targets = [
+        verdict("G1", worst("vs_resident", ["all-fit"]), "worst of cold/warm"),
+        verdict("G2", host.get("vs_resident"), "warm"),
+        verdict("G2h", host.get("host_us_per_layer"), "mean over calls, 100% hits, warm"),
+        verdict("G3", worst("vs_bound", ["50%-staged", "25%-staged"]), "worst of 50%/25% x cold/warm (staged fill)"),
+        verdict("G4", worst("read_vs_raw", ["50%-staged", "25%-staged"]), "worst of 50%/25% x cold/warm"),
+        verdict("G5", prompt.get("25%-staged", {}).get("vs_bound"), f"{prompt_len}-token prompt at 25%"),
+    ]
+    report = {"command": "python -m bench gpu " + " ".join(f"--{k} {v}" for k, v in (
+                  ("layers", layers), ("tokens", tokens), ("rounds", rounds), ("prompt", prompt_len))),
+              "git": sha or _git_sha(), "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+              "model": config, "trace": trace_path.name, "build_seconds": build_s, "exact": exact,
+              "decode": rows, "prompt": prompt, "prompt_runs": prompt_rows, "targets": targets,
+              "seconds": time.perf_counter() - t_start}  # fmt: skip
+    md = _markdown(report)
+    print(md)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    (out / "gpu.md").write_text(md)
+
+
+def _markdown(rep: dict) -> str:
+    cols = ["config", "phase", "tok_s", "vs_resident", "hit_rate", "missed_mb_per_token", "sync_us_per_layer",
+            "host_us_per_layer", "graph_us_per_layer", "wait_ms_per_token", "read_gb_s", "raw_gb_s", "vs_bound", "exact"]  # fmt: skip
+
+    def cell(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    lines = [f"# mlxstore on a GPU (`{rep['command']}`)", "",
+             f"git {rep['git']}, {rep['date']}, {rep['machine'].get('device_name', rep['machine']['device'])}, "
+             f"mlx {rep['machine']['mlx']}, {rep['machine']['cpus']} CPUs; model {rep['model']['num_hidden_layers']} "
+             f"layers x {rep['model']['num_experts']} experts top-{rep['model']['num_experts_per_tok']}, "
+             f"trace {rep['trace']}.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
+    for r in rep["decode"]:
+        lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
+    lines += ["", "| prompt config | tok/s | resident tok/s | read-once tok/s | vs bound |", "|---|---|---|---|---|"]
+    for name, p in rep["prompt"].items():
+        lines.append(f"| {name} | {p['tok_s']:.1f} | {p['resident_tok_s']:.1f} | {p['read_once_tok_s']:.1f} | "
+                     f"{p['vs_bound']:.3f} |")  # fmt: skip
+    lines += ["", "| target | value | goal | met | what |", "|---|---|---|---|---|"]
+    for t in rep["targets"]:
+        lines.append(f"| {t['id']} | {cell(t['value'])} | {t['target']} | {t['met']} | {t['metric']}; {t['note']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""Where an mlx-lm model keeps its experts: the one place that knows the model's MoE structure.
+
+Every mlx-lm MoE architecture keeps its stacked experts in a `SwitchGLU` or `SwitchMLP`
+(mlx_lm.models.switch_layers); the block around it owns the router and the top-k. No
+per-architecture table: whatever the model type, those modules are what pack groups
+expert-major, what streaming replaces and what trace replay wraps. It lives in mlxstore/
+because pack needs it; moe/ builds on it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import mlx.nn as nn
+
+from mlxstore.mlxlm import SWITCH_TYPES
+
+_TOP_K_NAMES = ("top_k", "num_experts_per_tok", "experts_per_token", "moe_topk", "n_activated")
+_ROUTER_NAMES = ("gate", "router")
+
+
+@dataclass
+class SwitchSite:
+    """One MoE layer: where its switch module sits and the router beside it."""
+
+    path: str
+    module: nn.Module
+    parent: nn.Module
+    attr: str
+    top_k: int | None
+    router: nn.Module | None
+
+
+def find_switches(model: nn.Module, kinds: tuple[type, ...] = SWITCH_TYPES) -> list[SwitchSite]:
+    """Every outermost module of `kinds` (default: the switch modules), in layer order.
+
+    `kinds` may add wrappers that stand in for a switch module (streaming, replay), so a
+    model that was already changed is walked the same way; a switch module inside such a
+    wrapper is not listed again.
+    """
+    found = [(p, m) for p, m in model.named_modules() if isinstance(m, kinds)]
+    outer = [(p, m) for p, m in found if not any(p.startswith(q + ".") for q, _ in found)]
+    sites = []
+    for path, module in outer:
+        parent_path, _, attr = path.rpartition(".")
+        parent = _resolve(model, parent_path) if parent_path else model
+        top_k = _first(parent, _TOP_K_NAMES, int)
+        router = _first(parent, _ROUTER_NAMES, nn.Module)
+        if router is not None and top_k is None:
+            top_k = _first(router, _TOP_K_NAMES, int)
+        sites.append(SwitchSite(path, module, parent, attr, top_k, router))
+    sites.sort(key=lambda s: _natural_key(s.path))
+    return sites
+
+
+def num_experts(module: nn.Module) -> int:
+    """How many experts a switch module stacks (its projections must agree); ValueError if unclear."""
+    counts = {int(m.num_experts) for _, m in module.named_modules() if hasattr(m, "num_experts")}
+    if len(counts) != 1:
+        raise ValueError(f"cannot tell its number of experts (projections say {sorted(counts)})")
+    return counts.pop()
+
+
+def _first(node: nn.Module, names: tuple[str, ...], kind: type):
+    return next((getattr(node, n) for n in names if isinstance(getattr(node, n, None), kind)), None)
+
+
+def _natural_key(path: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def _resolve(model: nn.Module, path: str) -> nn.Module:
+    node = model
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node

@@ -1,0 +1,84 @@
+"""The streaming options of `moe.load`, in one object validated once, at the edge.
+
+`moe.load(store, memory_budget=..., ...)` builds a `LoadOptions` from its keywords; the CLI
+builds one from its flags (cli/options.py). Either way the values are checked here, once,
+and a bad one raises `OptionError` naming the option; from then on the object travels
+whole (load -> plan -> banks), and each default below is the only statement of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlxstore.sizes import parse_size
+
+from .plan import DEFAULT_MAX_CONTEXT, DEFAULT_PAST_MAX_CONTEXT, PAST_MAX_CONTEXT
+from .policy import DEFAULT_POLICY, POLICIES
+
+PAGE_CACHE_MODES = ("keep", "drop")
+
+# WILLNEED hints were rarely used and did not pay for the disk traffic they add (README,
+# "Measured"). The OS page cache is a second tier for free (reclaimable, outside the
+# budget): keeping a read expert's pages never lost on the CPU backend and made re-read
+# misses several times faster on a GPU (README, "Linux with an NVIDIA GPU"); peers on
+# Macs found the OS cache beating app-level expert caches.
+DEFAULT_PREFETCH = "none"
+DEFAULT_PAGE_CACHE = "keep"
+DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
+
+
+class OptionError(ValueError):
+    """A streaming option with a bad value; the message names the option."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a store is streamed (see `moe.load` for what each option means)."""
+
+    memory_budget: int | str | None = None
+    slots_per_layer: int | None = None
+    max_context: int = DEFAULT_MAX_CONTEXT
+    headroom: int | str | None = None
+    policy: str = DEFAULT_POLICY
+    prefetch: str = DEFAULT_PREFETCH
+    page_cache: str = DEFAULT_PAGE_CACHE
+    io_threads: int = DEFAULT_IO_THREADS
+    check: bool = False
+    tokenizer_config: dict | None = None
+    reserve: int | str = 0
+    prefill_step_size: int | None = None  # None: the largest step whose activations fit
+    kv_bits: int | None = None
+    kv_group_size: int = 64
+    max_kv_size: int | None = None
+    past_max_context: str = DEFAULT_PAST_MAX_CONTEXT
+    fill: str | None = None  # None: by backend (moe.bank.default_fill_mode)
+    passes: str | None = None  # None: by backend (moe.streaming.default_pass_mode)
+
+    def __post_init__(self) -> None:
+        # here, so the streaming and bank modules may import this one
+        from .bank import FILL_MODES
+        from .streaming import PASS_MODES, PREFETCH_MODES
+
+        if self.past_max_context not in PAST_MAX_CONTEXT:
+            raise OptionError(f"past_max_context must be one of {PAST_MAX_CONTEXT}, got {self.past_max_context!r}")
+        if self.fill is not None and self.fill not in FILL_MODES:
+            raise OptionError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
+        if self.passes is not None and self.passes not in PASS_MODES:
+            raise OptionError(f"passes must be one of {PASS_MODES}, got {self.passes!r}")
+        if self.prefetch not in PREFETCH_MODES:
+            raise OptionError(f"prefetch must be one of {PREFETCH_MODES}, got {self.prefetch!r}")
+        if self.page_cache not in PAGE_CACHE_MODES:
+            raise OptionError(f"page_cache must be 'keep' or 'drop', got {self.page_cache!r}")
+        if self.policy != "default" and self.policy not in POLICIES:
+            raise OptionError(f"policy: unknown policy {self.policy!r}; choose from {sorted(POLICIES)}")
+        for name in ("memory_budget", "headroom", "reserve"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_size(value)
+                except (TypeError, ValueError) as e:
+                    raise OptionError(f"{name}: {e}") from None
+        if isinstance(self.io_threads, bool) or not isinstance(self.io_threads, int) or self.io_threads < 1:
+            raise OptionError(f"io_threads must be an integer >= 1, got {self.io_threads!r}")
+        # slots_per_layer and the budget's size against the model are the plan's to check
+        # (moe/plan.py): they need the store.

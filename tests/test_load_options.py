@@ -1,0 +1,30 @@
+"""LoadOptions: every streaming option is checked once, before any work, naming the option."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxstore import moe
+from mlxstore.moe.options import LoadOptions, OptionError
+
+
+@pytest.mark.parametrize("bad, name", [
+    ({"prefetch": "sometimes"}, "prefetch"), ({"page_cache": "maybe"}, "page_cache"),
+    ({"policy": "bogus"}, "policy"), ({"memory_budget": "8 gigs"}, "memory_budget"),
+    ({"headroom": -1}, "headroom"), ({"reserve": "x"}, "reserve"), ({"io_threads": 0}, "io_threads"),
+])  # fmt: skip
+def test_bad_value_names_the_option(bad, name):
+    with pytest.raises(OptionError, match=f"^{name}"):
+        LoadOptions(**bad)
+    with pytest.raises(OptionError, match=f"^{name}"):  # before the store is even opened
+        moe.load("/nonexistent/store", **bad)
+
+
+def test_load_keywords_build_the_same_options(store_dir):
+    store = store_dir("qwen3_moe")
+    a, _ = moe.load(store, slots_per_layer=4, max_context=64, policy="lru")
+    b, _ = moe.load_with(store, LoadOptions(slots_per_layer=4, max_context=64, policy="lru"))
+    assert moe.plan_of(a) == moe.plan_of(b)
+    policies = [{type(m.bank.policy).__name__ for _, m in model.named_modules() if hasattr(m, "bank")} for model in (a, b)]
+    assert policies[0] == policies[1] == {"LRUPolicy"}
+    assert isinstance(OptionError("x"), ValueError)  # callers that caught ValueError still do
