@@ -153,6 +153,7 @@ def _load(s: Store, o: LoadOptions, group):
     weakref.finalize(model, _release, pool, fds)  # threads and descriptors live as long as the model
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
         osio.set_nocache(fd, o.page_cache == "drop")
+        osio.advise_random(fd)  # a miss is read in parallel parts: readahead would fetch each part's successor again
     fill = o.fill or default_fill_mode()
     bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads)
     wrappers = []
