@@ -99,11 +99,18 @@ def test_bad_requests_get_400_and_leave_the_model_as_fresh(server, reference):
     status, _, body = _post(port, "/v1/completions", {"prompt": " ".join(["w5"] * 200)})
     assert status == 400 and "200 tokens" in body["error"] and "max_context is 128" in body["error"]
     # a stream the client drops mid-way, while a second request finds the queue full
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 100, "stream": True}))
-    r = conn.getresponse()
-    while not r.readline().startswith(b"data: "):  # keepalive comments come first
-        pass
+    for _ in range(100):  # the previous request's slot may not be released yet: retry on 503
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 100, "stream": True}))
+        r = conn.getresponse()
+        if r.status != 503:
+            break
+        r.read()
+        conn.close()
+        time.sleep(0.05)
+    assert r.status == 200
+    while not (line := r.readline()).startswith(b"data: "):  # keepalive comments come first
+        assert line, "stream ended before any data"
     status, headers, _ = _post(port, "/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}]})
     assert status == 503 and int(headers["Retry-After"]) > 0
     r.close()
