@@ -21,6 +21,7 @@ MACS_GB = (16, 24, 32, 48, 64, 128)
 MAC_SHARE = 0.75
 MAX_CONTEXT = 4096
 START, END = "<!-- recipes:start -->", "<!-- recipes:end -->"
+SSD_GBPS = (3, 6)  # read speeds the routing table predicts decode at (an M1-class and an M4-class SSD)
 
 
 def _gb(n: int | None) -> str:
@@ -53,6 +54,60 @@ def table() -> str:
     head = ["recipe", "type", "experts x layers", "dense GiB", "MiB per expert",
             "experts GiB", "minimum GiB", "all experts GiB", *(f"{gb} GB Mac" for gb in MACS_GB)]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for _, cells in sorted(rows)]
+    return "\n".join(lines) + "\n\n" + routing_table()
+
+
+def _closest_trace(spec):
+    """The bundled trace routing over as many experts per layer as the model (gpt-oss's own
+    for gpt_oss, else the Qwen3 one), or None when no bundled trace has that many."""
+    from mlxstore.formats.route_trace import load_route_trace
+    from mlxstore.traces import find_trace
+
+    names = ("gpt-oss-120b", "qwen3-30b-a3b") if spec.model_type == "gpt_oss" else ("qwen3-30b-a3b", "gpt-oss-120b")
+    for name in names:
+        trace = load_route_trace(find_trace(name))
+        if trace.n_expert == spec.num_experts:
+            return name, trace
+    return None
+
+
+def routing_table() -> str:
+    """Per recipe and Mac: the default policy's hit rate with the closest real trace
+    replayed (prompt warms the cache, decode counts) and the decode tok/s the reads alone
+    allow at each SSD_GBPS (an upper bound: compute is not counted)."""
+    from mlxstore.formats import StoreError
+    from mlxstore.moe.advisor import AdviseOptions, advise, shape_of
+    from mlxstore.moe.policy import DEFAULT_POLICY
+    from mlxstore.moe.spec import spec_of
+
+    head = ["recipe", "trace", *(f"{gb} GB Mac" for gb in MACS_GB)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
+    for path in sorted(RECIPES.glob("*.json")):
+        spec = spec_of(path)
+        found = _closest_trace(spec)
+        if found is None:
+            rows.append((spec.dense_bytes + spec.all_expert_bytes,
+                         [path.stem, f"none with {spec.num_experts} experts"] + ["-"] * len(MACS_GB)))  # fmt: skip
+            continue
+        name, trace = found
+        budgets, cells = [], {}
+        for gb in MACS_GB:
+            budget = int(gb * 2**30 * MAC_SHARE)
+            try:
+                spec.plan(budget, max_context=MAX_CONTEXT)
+                budgets.append(budget)
+            except StoreError:
+                cells[budget] = "-"
+        advice = advise(trace, shape_of(spec), lambda b, spec=spec: spec.plan(b, max_context=MAX_CONTEXT).slots_per_layer,
+                        budgets, AdviseOptions(policies=(DEFAULT_POLICY,)), disk_gbps=1.0)  # fmt: skip
+        for r in advice.rows:
+            speeds = " / ".join(f"{g * 1e3 / r.missed_mb_per_token:.0f}" if r.missed_mb_per_token else "all"
+                                for g in SSD_GBPS)  # fmt: skip
+            cells[r.budget] = f"{r.hit_rate:.2f}, {speeds}"
+        rows.append((spec.dense_bytes + spec.all_expert_bytes,
+                     [path.stem, name] + [cells[int(gb * 2**30 * MAC_SHARE)] for gb in MACS_GB]))  # fmt: skip
     lines += ["| " + " | ".join(cells) + " |" for _, cells in sorted(rows)]
     return "\n".join(lines)
 
