@@ -30,9 +30,10 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlxstore.formats.route_trace import GENERATION, PROMPT, format_preamble, format_rows
+from mlxstore.switches import find_switches
 
 from .plain import set_plain
-from .replay import _num_experts, _parent, _switch_sites
+from .replay import _num_experts, _switch_sites
 from .streaming import StreamingExperts
 
 
@@ -129,16 +130,15 @@ def record(model: nn.Module, path: str | os.PathLike, *, name: str = "", top_k: 
     if not sites:
         raise ValueError("the model has no MoE switch modules to record")
     check_target(Path(path))
-    counts = [_num_experts(m) for _, m in sites]
+    counts = [_num_experts(site.module) for site in sites]
     arch = str(getattr(getattr(model, "args", None), "model_type", "") or getattr(model, "model_type", ""))
     try:
         recorder = TraceRecorder(path, num_experts=max(counts), top_k=top_k, model=name, arch=arch,
-                                 expert_bytes=[_expert_bytes(m, n) for (_, m), n in zip(sites, counts)])  # fmt: skip
+                                 expert_bytes=[_expert_bytes(site.module, n) for site, n in zip(sites, counts)])  # fmt: skip
     except OSError as e:
         raise ValueError(f"cannot write the trace {os.fspath(path)}: {e.strerror or e}") from None
-    for layer, (site_path, module) in enumerate(sites):
-        parent, attr = _parent(model, site_path)
-        setattr(parent, attr, RecordedExperts(module, recorder, layer))
+    for layer, site in enumerate(sites):
+        setattr(site.parent, site.attr, RecordedExperts(site.module, recorder, layer))
     return recorder
 
 
@@ -166,11 +166,9 @@ def recorder_of(model: nn.Module) -> TraceRecorder | None:
 def stop(model: nn.Module) -> TraceRecorder | None:
     """Put the original modules back and close the file; returns the recorder (None if none)."""
     found = None
-    for path, m in sorted(model.named_modules(), key=lambda pm: -len(pm[0])):
-        if isinstance(m, RecordedExperts):
-            found = m.recorder
-            parent, attr = _parent(model, path)
-            setattr(parent, attr, m.inner)
+    for site in find_switches(model, (RecordedExperts,)):
+        found = site.module.recorder
+        setattr(site.parent, site.attr, site.module.inner)
     if found is not None:
         found.close()
     return found
