@@ -260,7 +260,7 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         "50%-direct": (experts // 2, False, False, {"fill": "direct"}),
         "25%-staged": (experts // 4, False, False, {"fill": "staged"}),
         "25%-direct": (experts // 4, False, False, {"fill": "direct"}),
-        "25%-staged-t16": (experts // 4, False, False, {"fill": "staged", "io_threads": 16}),
+        "25%-staged-t4": (experts // 4, False, False, {"fill": "staged", "io_threads": 4}),
         "25%-staged-next": (experts // 4, False, False, {"fill": "staged", "prefetch": "next-layer"}),
         "25%-rows": (experts // 4, False, False, {"fill": "staged", "passes": "rows"}),
     }
