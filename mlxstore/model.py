@@ -37,6 +37,18 @@ def model_config(store: Store) -> dict:
     return decode_tagged_floats(store.config)
 
 
+def instantiate(config: dict, what: str = "the config") -> nn.Module:
+    """mlx-lm's model class for `config`, constructed (lazy: nothing is allocated); anything
+    its constructors raise on bad values becomes one StoreError naming `what`."""
+    arch = config.get("model_type")
+    try:
+        model_class, args_class = get_classes(config)
+        return model_class(args_class.from_dict(config))
+    except Exception as e:  # noqa: BLE001 - mlx-lm has no error type of its own
+        raise StoreError(f"architecture {arch!r}: {what} does not build a model: "
+                         f"{type(e).__name__}: {e}") from None  # fmt: skip
+
+
 def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module:
     """The mlx-lm model object for `config`, quantized as recorded, weights not loaded.
 
@@ -44,13 +56,8 @@ def build_model(config: dict, quantization: dict[str, dict] | None) -> nn.Module
     bad values (TypeError, ZeroDivisionError, OverflowError, ...) is the store's problem
     and is reported as StoreError.
     """
+    model = instantiate(config, "the store's config")
     arch = config.get("model_type")
-    try:
-        model_class, args_class = get_classes(config)
-        model = model_class(args_class.from_dict(config))
-    except Exception as e:  # noqa: BLE001 - mlx-lm has no error type of its own
-        raise StoreError(f"architecture {arch!r}: the store's config does not build a model: "
-                         f"{type(e).__name__}: {e}") from None  # fmt: skip
     if quantization:
         quantized = dict(quantization)
 

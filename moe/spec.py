@@ -140,15 +140,10 @@ def build_lazy(config: dict) -> tuple[nn.Module, dict[str, dict]]:
     """The mlx-lm model of `config`, cast to its dtype and quantized as the config says
     (per-module overrides included), with no parameter evaluated; and the quantization
     applied to each module path."""
-    from mlxstore.mlxlm import get_classes as _get_classes
+    from mlxstore.model import instantiate
 
+    model = instantiate(config, "the config")
     arch = config.get("model_type")
-    try:
-        model_class, args_class = _get_classes(config)
-        model = model_class(args_class.from_dict(config))
-    except Exception as e:  # noqa: BLE001 - mlx-lm has no error type of its own
-        raise StoreError(f"architecture {arch!r}: the config does not build an mlx-lm model: "
-                         f"{type(e).__name__}: {e}") from None  # fmt: skip
     text = config.get("text_config", config)
     dtype = getattr(mx, str(text.get("torch_dtype") or config.get("torch_dtype") or text.get("dtype") or "bfloat16"),
                     mx.bfloat16)  # fmt: skip

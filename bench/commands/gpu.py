@@ -33,6 +33,7 @@ import numpy as np
 
 from bench.harness.genmodel import make_config, write_model
 from bench.harness.policy_sim import default_trace
+from bench.harness.rawdisk import _run_workers as run_workers
 
 TARGETS = {  # id: (bound, what is measured)
     "G1": (0.98, "decode tok/s, every expert fits / resident mlx-lm"),
@@ -109,7 +110,7 @@ def raw_read(extents: list, threads: int, cold: bool) -> dict:
     nxt = iter(range(len(extents)))
     lock = threading.Lock()
 
-    def work() -> None:
+    def work(_: int) -> None:
         view = memoryview(bytearray(biggest))
         while True:
             with lock:
@@ -121,15 +122,11 @@ def raw_read(extents: list, threads: int, cold: bool) -> dict:
             if cold:
                 osio.advise_dontneed(fds[p], off, n)
 
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    t0 = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    seconds = time.perf_counter() - t0
-    for fd in fds.values():
-        os.close(fd)
+    try:
+        seconds = run_workers(work, threads)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
     total = sum(n for _, _, n in extents)
     return {"bytes": total, "seconds": seconds, "gb_per_s": total / seconds / 1e9}
 
