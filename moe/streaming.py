@@ -12,7 +12,8 @@ of the switch module here has the shapes of the resident model's call, with slot
 place of expert ids, and runs once every slot it reads holds its expert. Passes keep that
 shape too ("full"): the rows of experts outside a pass are pointed at one of its slots and
 their results are discarded. Where a backend's kernel is known to compute each row alone
-(the CPU backend), passes may instead run only their own rows ("rows"), which is cheaper.
+(the CPU backend), calls may run over subsets of rows ("rows"): passes over their own rows
+only, and a decode call computes its resident experts' rows while the misses are read.
 """
 
 from __future__ import annotations
@@ -90,10 +91,14 @@ class StreamingExperts(nn.Module):
             bank.hint(np.setdiff1d(self._previous, experts, assume_unique=True))
             set_plain(self, "_previous", experts)
         if experts.size <= bank.num_slots:
-            slots = bank.ensure(experts.tolist())
-            slot_ids = mx.array(np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)], dtype=indices.dtype)
+            slots, misses = bank.lookup(experts.tolist())
+            slot_ids = np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)]
             t2, waited2 = time.perf_counter(), st.wait_seconds
-            out = self.inner(x, slot_ids)
+            if misses and self.passes == "rows" and ids.size < SORT_THRESHOLD:
+                out = self._run_split(x, ids, indices.dtype, slot_ids, misses)
+            else:
+                bank.fill(misses)
+                out = self.inner(x, mx.array(slot_ids, dtype=indices.dtype))
         else:
             t2, waited2 = time.perf_counter(), st.wait_seconds
             run = self._run_row_passes if self.passes == "rows" else self._run_full_passes
@@ -104,6 +109,24 @@ class StreamingExperts(nn.Module):
         st.host_seconds += (t2 - t1) - (waited2 - waited)
         st.graph_seconds += (t3 - t2) - (st.wait_seconds - waited2)
         return out
+
+    def _run_split(self, x, ids, dtype, slot_ids, misses) -> mx.array:
+        """Decode where each row is computed alone ("rows"): the rows of resident experts
+        compute while the misses are read, then the missed rows."""
+        rows = _rows(x, ids)
+        missed = np.isin(ids.reshape(-1), [e for e, _ in misses])
+        flat = slot_ids.reshape(-1)
+        parts, order = [], []
+        hit_pos = np.flatnonzero(~missed)
+        if hit_pos.size:
+            parts.append(self._rows_through(rows, hit_pos, flat[hit_pos], dtype, False))
+            mx.async_eval(parts[-1])
+            order.append(hit_pos)
+        self.bank.fill(misses)  # direct writes touch only the missed slots the hit rows do not read
+        miss_pos = np.flatnonzero(missed)
+        parts.append(self._rows_through(rows, miss_pos, flat[miss_pos], dtype, False))
+        order.append(miss_pos)
+        return _assemble(parts, order, ids)
 
     def _groups(self, experts: np.ndarray):
         """Distinct experts in groups of at most `num_slots`, resident ones first, each
@@ -148,9 +171,7 @@ class StreamingExperts(nn.Module):
             self._pass_done(y)
             parts.append(y)
             order.append(pos)
-        y = mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        inverse = np.argsort(np.concatenate(order))
-        return y[mx.array(inverse)].reshape(*ids.shape, y.shape[-1])
+        return _assemble(parts, order, ids)
 
     def _rows_through(self, rows, pos, slots, dtype, sort_like: bool) -> mx.array:
         """The switch module on the (token, rank) rows `pos`, one expert each: [len(pos), D].
@@ -170,3 +191,10 @@ def _rows(x: mx.array, ids: np.ndarray) -> mx.array:
     """x repeated once per (token, rank): [ids.size, D]."""
     flat = x.reshape(-1, x.shape[-1])
     return flat[mx.array(np.repeat(np.arange(flat.shape[0]), ids.shape[-1]))]
+
+
+def _assemble(parts: list[mx.array], order: list[np.ndarray], ids: np.ndarray) -> mx.array:
+    """Rows back in (token, rank) order, shaped like the switch module's output [..., k, D]."""
+    y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
+    inverse = np.argsort(np.concatenate(order))
+    return y[mx.array(inverse)].reshape(*ids.shape, y.shape[-1])
