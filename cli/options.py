@@ -99,6 +99,9 @@ def load_options(command):
                      help="Prompt tokens per forward pass (default: the largest power of two up to 2048 whose activations fit the budget)."),
         option("--past-max-context", type=click.Choice(["stop", "warn"]), default=load_default("past_max_context"), show_default=True,
                      help="When the context would pass --max-context: stop with an error, or warn once and go on past the budget."),
+        click.option("--fill", type=click.Choice(["direct", "staged"]), default=None,
+                     help="How a missed expert reaches its slot: read straight into it, or staged through a device "
+                          "array (default: by backend, staged on CUDA)."),
     ]  # fmt: skip
     for decorate in reversed(options):
         command = decorate(command)
@@ -132,6 +135,7 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
                 prefetch=kw["prefetch"], page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
                 prefill_step_size=kw["prefill_step_size"], past_max_context=kw["past_max_context"],
                 kv_bits=kw.get("kv_bits"), kv_group_size=kw.get("kv_group_size") or 64, max_kv_size=kw.get("max_kv_size"),
+                fill=kw.get("fill"),
             )  # fmt: skip
             model, tokenizer = moe.load_with(store, options, group=group)
     except (StoreError, ValueError) as e:

@@ -29,6 +29,18 @@ def test_bad_values_get_one_line_errors(store_dir, args, message):
     assert [ln for ln in r.output.splitlines() if ln.startswith("Error:")], r.output
 
 
+def test_fill_flag_forces_either_miss_path_with_the_same_tokens(store_dir):
+    outs = []
+    for fill in ("direct", "staged"):
+        r = CliRunner().invoke(main, ["generate", "--model", str(store_dir("qwen3_moe")), "--slots-per-layer", "4",
+                                      "--fill", fill, "-m", "6", "-p", "w5 w9 w17"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        outs.append(r.output.split("\nprompt ")[0])  # the text, not the stats line
+    assert outs[0] == outs[1]
+    r = CliRunner().invoke(main, ["generate", "--model", str(store_dir("qwen3_moe")), "--fill", "bogus"])
+    assert r.exit_code != 0 and "--fill" in r.output and "Traceback" not in r.output
+
+
 def test_budget_minimum_is_stated_in_the_unit_typed(store_dir):
     r = CliRunner().invoke(main, ["generate", "--model", str(store_dir("qwen3_moe")), "--memory-budget", "1000KB"])
     line = r.output.strip().splitlines()[-1]
