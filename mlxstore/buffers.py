@@ -53,16 +53,24 @@ def alloc_bytes(nbytes: int, like: tuple[str, Sequence[int]] | None = None) -> t
     return buf, view if view.ndim == 1 else view.cast("B")
 
 
+def _stream(dtype: str):
+    """Where a tensor of `dtype` is made: MLX's GPU backends have no float64, so those
+    tensors are viewed and created on the CPU stream (their data is the same memory)."""
+    return mx.cpu if dtype == "float64" else mx.default_stream(mx.default_device())
+
+
 def as_tensor(raw: mx.array, dtype: str, shape: Sequence[int]) -> mx.array:
     """Reinterpret flat uint8 bytes as `dtype` with `shape`, sharing memory; evaluated."""
-    out = raw.view(MX_DTYPES[dtype]).reshape(tuple(shape))
-    mx.eval(out)
+    with mx.stream(_stream(dtype)):
+        out = raw.view(MX_DTYPES[dtype]).reshape(tuple(shape))
+        mx.eval(out)
     return out
 
 
 def empty_tensor(dtype: str, shape: Sequence[int]) -> mx.array:
-    out = mx.zeros(tuple(shape), dtype=MX_DTYPES[dtype])
-    mx.eval(out)
+    with mx.stream(_stream(dtype)):
+        out = mx.zeros(tuple(shape), dtype=MX_DTYPES[dtype])
+        mx.eval(out)
     return out
 
 
