@@ -3,7 +3,7 @@
 Why: on a GPU a layer's kernels take a fraction of a millisecond, so whatever Python does
 between "router ids on the host" and "next kernels launched" is felt directly, while the
 CPU backend's slow kernels hide it. Here the switch module inside StreamingExperts is
-replaced by a stub that returns a constant, so the time per call is the wrapper's own
+replaced by a stub that returns zeros of the right shape, so the time per call is the wrapper's own
 work: ids to experts, the slot policy, slot ids, misses read (page cache warm), the
 async launch. Router ids come from the real Qwen3 trace (128 experts, top-8 padded).
 """
@@ -66,8 +66,9 @@ def command(repeat: int, trace: str | None, out: str) -> None:
     store = pack(work / "model", work / "model.store", progress=False)
     calls = _calls(Path(trace) if trace else default_trace(), 8, 512)
     x = mx.zeros((1, 1, config["hidden_size"]), dtype=mx.bfloat16)
-    stub = mx.zeros((1, 1, 8, config["hidden_size"]), dtype=mx.bfloat16)
-    mx.eval(x, stub)
+    zero = mx.zeros((), dtype=mx.bfloat16)
+    mx.eval(x, zero)
+    hidden = config["hidden_size"]
     rows = {}
     setups = {  # name: (slots, fill, preload, keep the host path)
         "every expert fits (identity, no sync)": (128, "direct", True, False),
@@ -82,7 +83,7 @@ def command(repeat: int, trace: str | None, out: str) -> None:
         layer = next(m for _, m in model.named_modules() if hasattr(m, "bank"))
         if host:
             layer.bank.fixed_slots = None
-        layer.inner = lambda x, indices: stub  # noqa: B023 - the stub is the same for all
+        layer.inner = lambda x, indices: mx.broadcast_to(zero, (*indices.shape, hidden))  # noqa: B023 - same for all
         _time_calls(layer, x, calls, 200)  # warm the page cache and the policy
         moe.reset_stats(model)
         rows[name] = _time_calls(layer, x, calls, repeat)
