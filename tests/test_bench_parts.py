@@ -89,3 +89,19 @@ def test_a_rerun_writes_a_new_results_file(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert committed.read_text() == "the README's figures\n"
     assert len(list(tmp_path.glob("policy-*.json"))) == 2
+
+
+def test_hostpath_bench_times_every_configuration(tmp_path):
+    """`python -m bench hostpath` runs every configuration (the stub must fit each call path)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from bench.commands.hostpath import command
+
+    out = tmp_path / "hostpath.json"
+    r = CliRunner().invoke(command, ["--calls", "20", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(row["median_us"] > 0 for row in rows.values())
+    assert next(v for k, v in rows.items() if k.startswith("25%"))["misses_per_call"] > 0
