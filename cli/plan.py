@@ -102,8 +102,8 @@ def plan(source, memory_budget, as_json, **kw) -> None:
     hit rate, expert MB missed per token and predicted tok/s (see README, "What a budget
     buys, from real routing")."""
     flags = {k: kw.pop(k) for k in TRACE_FLAGS}
-    given = [f"--{k.replace('_', '-')}" for k in TRACE_FLAGS[1:] if k in ("png", "budgets", "policies", "disk_gbps",
-                                                                          "resident_ms") and flags[k] is not None]  # fmt: skip
+    given = [f"--{k.replace('_', '-')}" for k in ("png", "budgets", "policies", "disk_gbps", "resident_ms")
+             if flags[k] is not None]  # fmt: skip
     if given and not flags["trace"]:
         raise click.UsageError(f"{', '.join(given)} need --trace FILE")
     summary = plan_summary(source, memory_budget, **kw)

@@ -96,9 +96,9 @@ class _ExtentsFile(io.RawIOBase):
 
 def read_to_device(
     extents: Sequence[tuple[int, int, int, str]],
-    pool: Executor | None = None,
-    threads: int = 1,
-    min_part: int = 1 << 20,
+    pool: Executor | None,
+    threads: int,
+    min_part: int,
 ) -> mx.array:
     """The bytes of each `(fd, offset, length, what)` extent, concatenated, as an evaluated
     flat uint8 array on the device.

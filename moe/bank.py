@@ -113,9 +113,7 @@ class ExpertBank:
         extent = self.group.extents[expert]
         if self.options.check:
             for t, (view, row) in zip(self.tensors, self._rows):
-                if xxh3(view[slot * row : (slot + 1) * row]) != t.pieces[expert].xxh3:
-                    what = f"tensor {t.name!r} expert {expert}"
-                    raise ChecksumError(f"{what}: checksum mismatch (data damaged on disk)", [what])
+                _verify(t, expert, view[slot * row : (slot + 1) * row])
         if self.options.page_cache == "drop":
             osio.advise_dontneed(self.fds[extent.shard], extent.offset, extent.length)
 
@@ -207,9 +205,8 @@ class ExpertBank:
                 piece = t.pieces[e]
                 start = base + piece.offset - extent.offset
                 part = raw[start : start + piece.length]
-                if self.options.check and xxh3(memoryview(np.array(part))) != piece.xxh3:
-                    what = f"tensor {t.name!r} expert {e}"
-                    raise ChecksumError(f"{what}: checksum mismatch (data damaged on disk)", [what])
+                if self.options.check:
+                    _verify(t, e, memoryview(np.array(part)))
                 arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
             if self.options.page_cache == "drop":
                 osio.advise_dontneed(self.fds[extent.shard], extent.offset, extent.length)
@@ -229,3 +226,10 @@ class ExpertBank:
             self.predicted.add(e)
             self.stats.prefetch_issued += 1
             self.stats.prefetch_bytes += extent.length
+
+
+def _verify(t: Tensor, expert: int, data) -> None:
+    """ChecksumError naming the tensor and expert unless `data` has the piece's xxh3."""
+    if xxh3(data) != t.pieces[expert].xxh3:
+        what = f"tensor {t.name!r} expert {expert}"
+        raise ChecksumError(f"{what}: checksum mismatch (data damaged on disk)", [what])

@@ -34,6 +34,8 @@ import numpy as np
 from bench.harness.genmodel import make_config, write_model
 from bench.harness.policy_sim import default_trace
 from bench.harness.rawdisk import _run_workers as run_workers
+from bench.harness.rawdisk import drop_file_cache
+from bench.harness.worker import _banks
 
 TARGETS = {  # id: (bound, what is measured)
     "G1": (0.98, "decode tok/s, every expert fits / resident mlx-lm"),
@@ -53,10 +55,6 @@ def verdict(target_id: str, value: float | None, note: str = "") -> dict:
             "metric": what, "note": note}  # fmt: skip
 
 
-def _banks(model) -> list:
-    return [m.bank for _, m in model.named_modules() if hasattr(m, "bank")]
-
-
 def _files(store: Path) -> list[str]:
     from bench.harness.worker import shard_paths
 
@@ -64,14 +62,8 @@ def _files(store: Path) -> list[str]:
 
 
 def _drop(paths) -> None:
-    from mlxstore import osio
-
     for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            osio.advise_dontneed(fd, 0, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
+        drop_file_cache(p)
 
 
 def _warm(paths) -> None:
