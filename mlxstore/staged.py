@@ -13,6 +13,7 @@ from the store file straight into MLX's buffer.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -41,6 +42,7 @@ class _ExtentsFile(io.RawIOBase):
         self._pos = 0
         self._pool, self._threads, self._min_part = pool, threads, min_part
         self.error: BaseException | None = None
+        self.file_seconds = 0.0  # wall time of the file reads, apart from MLX's copy
 
     def readable(self) -> bool:
         return True
@@ -77,6 +79,13 @@ class _ExtentsFile(io.RawIOBase):
 
     def _read(self, data: memoryview, start: int) -> None:
         """Bytes [start, start + len(data)) of the concatenated extents, reads in parallel."""
+        began = time.perf_counter()
+        try:
+            self._read_parts(data, start)
+        finally:
+            self.file_seconds += time.perf_counter() - began
+
+    def _read_parts(self, data: memoryview, start: int) -> None:
         jobs, pos, end = [], 0, start + data.nbytes
         for fd, offset, length, what in self._extents:
             lo, hi = max(start, pos), min(end, pos + length)
@@ -99,9 +108,10 @@ def read_to_device(
     pool: Executor | None,
     threads: int,
     min_part: int,
-) -> mx.array:
+) -> tuple[mx.array, float]:
     """The bytes of each `(fd, offset, length, what)` extent, concatenated, as an evaluated
-    flat uint8 array on the device.
+    flat uint8 array on the device, and the seconds its file reads took (the rest of the
+    call is MLX's host-to-device copy).
 
     One `mx.load` (one host-to-device copy, one wait) for all of them; the reads run on
     `pool`, each split in up to `threads` parts of at least `min_part` bytes. A failed
@@ -109,7 +119,7 @@ def read_to_device(
     """
     f = _ExtentsFile(extents, pool, threads, min_part)
     try:
-        return mx.load(f, format="npy")
+        return mx.load(f, format="npy"), f.file_seconds
     except RuntimeError:
         if f.error is not None:
             raise f.error from None

@@ -140,7 +140,10 @@ class ExpertBank:
                 st.prefetch_used += sum(1 for e, _ in misses if e in self.predicted)
             self._read_all(misses)
             st.bytes_read += sum(self.group.extents[e].length for e, _ in misses)
-            st.read_seconds += time.perf_counter() - start
+            took = time.perf_counter() - start
+            st.read_seconds += took
+            if self.options.fill == "direct":  # the reads are the copy (staged counts its own)
+                st.file_seconds += took
         self.predicted = set()
         st.wait_seconds += time.perf_counter() - start
         if misses and self.num_slots >= self.num_experts:
@@ -196,9 +199,10 @@ class ExpertBank:
     def _stage(self, misses: list[tuple[int, int]]) -> None:
         """All of a call's misses in one device array, then into their slots by MLX ops."""
         extents = [self.group.extents[e] for e, _ in misses]
-        raw = staged.read_to_device(
+        raw, file_seconds = staged.read_to_device(
             [(self.fds[x.shard], x.offset, x.length, f"{self.name} expert {e}") for x, (e, _) in zip(extents, misses)],
             self.pool, self.options.io_threads, READ_PART)  # fmt: skip
+        self.stats.file_seconds += file_seconds
         base = 0
         for (e, s), extent in zip(misses, extents):
             for t, arr in zip(self.tensors, self.arrays):

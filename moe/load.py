@@ -33,7 +33,13 @@ from mlxstore.switches import find_switches
 from . import pipeline
 from .bank import BankOptions, ExpertBank, default_fill_mode
 from .context import guard as guard_context
-from .options import DEFAULT_IO_THREADS, DEFAULT_PAGE_CACHE, DEFAULT_PREFETCH, LoadOptions
+from .options import (
+    DEFAULT_IO_THREADS,
+    DEFAULT_PAGE_CACHE,
+    DEFAULT_PREFETCH,
+    LoadOptions,
+    OptionError,
+)
 from .plain import set_plain
 from .plan import (
     DEFAULT_MAX_CONTEXT,
@@ -46,7 +52,7 @@ from .plan import (
 from .policy import DEFAULT_POLICY, make_policy
 from .spec import latent_kv, store_itemsize, store_sizes
 from .stats import StreamStats
-from .streaming import NextLayer, StreamingExperts, default_pass_mode
+from .streaming import NextLayer, StreamingExperts, default_overlap, default_pass_mode
 
 log = logging.getLogger("mlxstore")
 
@@ -72,6 +78,7 @@ def load(
     past_max_context: str = DEFAULT_PAST_MAX_CONTEXT,
     fill: str | None = None,
     passes: str | None = None,
+    overlap: bool | None = None,
 ):
     """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
 
@@ -95,7 +102,10 @@ def load(
     fill: how a missed expert reaches its slot, "direct" (read into the slot's memory) or
     "staged" (read into a fresh device array, copied in by MLX); None picks by backend
     (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
-    (moe.streaming); None picks by backend.
+    (moe.streaming; "rows" only on the CPU backend); None picks by backend. overlap:
+    launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
+    while Python builds the next layer, at the price of one more eval per layer; None
+    picks by backend (moe.streaming).
     Bad values raise `OptionError` (a ValueError) naming the option (moe/options.py).
     """
     options = LoadOptions(
@@ -104,6 +114,7 @@ def load(
         io_threads=io_threads, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
         prefill_step_size=prefill_step_size, kv_bits=kv_bits, kv_group_size=kv_group_size,
         max_kv_size=max_kv_size, past_max_context=past_max_context, fill=fill, passes=passes,
+        overlap=overlap,
     )  # fmt: skip
     return load_with(store, options, group)
 
@@ -123,6 +134,10 @@ def load_with(store: str | os.PathLike | Store, options: LoadOptions,
 
 
 def _load(s: Store, o: LoadOptions, group):
+    passes = o.passes or default_pass_mode()
+    if passes == "rows" and mx.default_device() != mx.cpu:
+        raise OptionError(f"passes='rows' is exact only on the CPU backend (the default device is {mx.default_device()})")
+    overlap = default_overlap() if o.overlap is None else o.overlap
     config = model_config(s)
     model = build_model(config, s.quantization)
     stage = pipeline.shard(model, s, group) if group is not None else None
@@ -163,7 +178,7 @@ def _load(s: Store, o: LoadOptions, group):
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
                           make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
                           fds, pool, bank_options)  # fmt: skip
-        wrapper = StreamingExperts(site.module, bank, o.prefetch, o.passes or default_pass_mode())
+        wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, overlap)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
     for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):

@@ -12,6 +12,7 @@ class LayerStats:
     misses: int = 0
     bytes_read: int = 0  # expert bytes read on misses
     read_seconds: float = 0.0  # wall time of miss reads (parallel reads overlap)
+    file_seconds: float = 0.0  # of read_seconds, the file reads (the rest: copies into device memory)
     wait_seconds: float = 0.0  # time the compute waited for expert data
     prefetch_issued: int = 0
     prefetch_bytes: int = 0

@@ -41,6 +41,13 @@ def default_pass_mode() -> str:
     return "rows" if mx.default_device() == mx.cpu else "full"
 
 
+def default_overlap() -> bool:
+    """Launch each streamed layer at once only on the CPU backend, where an eval is cheap
+    next to a layer; on a GPU each eval costs a launch of its own, and the next layer's
+    host sync launches the layer's kernels anyway (README, "Linux with an NVIDIA GPU")."""
+    return mx.default_device() == mx.cpu
+
+
 @dataclass
 class NextLayer:
     """What next-layer prefetch needs: the next MoE layer's router, top-k and bank."""
@@ -53,12 +60,14 @@ class NextLayer:
 class StreamingExperts(nn.Module):
     """Wraps an mlx-lm SwitchGLU / SwitchMLP whose expert tensors are a slot bank."""
 
-    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str = "none", passes: str = "full"):
+    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str = "none", passes: str = "full",
+                 overlap: bool = True):  # fmt: skip
         super().__init__()
         self.inner = inner
         set_plain(self, "bank", bank)
         set_plain(self, "prefetch", prefetch)
         set_plain(self, "passes", passes)
+        set_plain(self, "overlap", overlap)
         set_plain(self, "next_layer", None)
         set_plain(self, "_previous", np.empty(0, dtype=np.int64))
 
@@ -82,17 +91,24 @@ class StreamingExperts(nn.Module):
             nxt.bank.hint(np.unique(np.array(predicted)))
         ids = np.array(indices)  # the one host sync of this layer
         t1 = time.perf_counter()
-        # Decode calls are a handful of ids: a Python set beats np.unique there.
-        experts = np.unique(ids) if ids.size > SORT_THRESHOLD else np.array(sorted(set(ids.ravel().tolist())))
-        if experts.size and (experts[0] < 0 or experts[-1] >= bank.num_experts):
+        # Decode calls are a handful of ids: Python lists and a set beat numpy there.
+        small = ids.size <= SORT_THRESHOLD
+        flat = ids.ravel().tolist() if small else None
+        experts = sorted(set(flat)) if small else np.unique(ids).tolist()
+        if experts and (experts[0] < 0 or experts[-1] >= bank.num_experts):
             raise StoreError(f"{bank.name}: router chose expert {experts[-1]}, the layer has {bank.num_experts}")
         waited = st.wait_seconds
         if self.prefetch == "temporal":
-            bank.hint(np.setdiff1d(self._previous, experts, assume_unique=True))
-            set_plain(self, "_previous", experts)
-        if experts.size <= bank.num_slots:
-            slots, misses = bank.lookup(experts.tolist())
-            slot_ids = np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)]
+            used = np.array(experts, dtype=np.int64)
+            bank.hint(np.setdiff1d(self._previous, used, assume_unique=True))
+            set_plain(self, "_previous", used)
+        if len(experts) <= bank.num_slots:
+            slots, misses = bank.lookup(experts)
+            if small:
+                where = dict(zip(experts, slots))
+                slot_ids = np.array([where[e] for e in flat], dtype=np.uint32).reshape(ids.shape)
+            else:
+                slot_ids = np.asarray(slots, dtype=np.uint32)[np.searchsorted(experts, ids)]
             t2, waited2 = time.perf_counter(), st.wait_seconds
             if misses and self.passes == "rows" and ids.size < SORT_THRESHOLD:
                 out = self._run_split(x, ids, indices.dtype, slot_ids, misses)
@@ -102,8 +118,9 @@ class StreamingExperts(nn.Module):
         else:
             t2, waited2 = time.perf_counter(), st.wait_seconds
             run = self._run_row_passes if self.passes == "rows" else self._run_full_passes
-            out = run(x, ids, indices.dtype, experts)
-        mx.async_eval(out)  # the experts compute while Python builds the next layer's graph
+            out = run(x, ids, indices.dtype, np.array(experts, dtype=ids.dtype))
+        if self.overlap:
+            mx.async_eval(out)  # the experts compute while Python builds the next layer's graph
         t3 = time.perf_counter()
         st.sync_seconds += t1 - t0
         st.host_seconds += (t2 - t1) - (waited2 - waited)
