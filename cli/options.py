@@ -102,9 +102,9 @@ def load_options(command):
         click.option("--fill", type=click.Choice(["direct", "staged"]), default=None,
                      help="How a missed expert reaches its slot: read straight into it, or staged through a device "
                           "array (default: by backend, staged on CUDA)."),
-        click.option("--overlap/--no-overlap", default=None,
-                     help="Launch each streamed layer's expert kernels at once, overlapping the next layer's "
-                          "graph building, for one more eval per layer (default: by backend, on the CPU only)."),
+        option("--overlap/--no-overlap", default=load_default("overlap"), show_default=True,
+               help="Launch each streamed layer's expert kernels at once, while Python builds the next layer "
+                    "(one more eval per layer)."),
     ]  # fmt: skip
     for decorate in reversed(options):
         command = decorate(command)
@@ -138,7 +138,7 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
                 prefetch=kw["prefetch"], page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
                 prefill_step_size=kw["prefill_step_size"], past_max_context=kw["past_max_context"],
                 kv_bits=kw.get("kv_bits"), kv_group_size=kw.get("kv_group_size") or 64, max_kv_size=kw.get("max_kv_size"),
-                fill=kw.get("fill"), overlap=kw.get("overlap"),
+                fill=kw.get("fill"), overlap=kw["overlap"],
             )  # fmt: skip
             model, tokenizer = moe.load_with(store, options, group=group)
     except (StoreError, ValueError) as e:

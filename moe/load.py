@@ -35,6 +35,7 @@ from .bank import BankOptions, ExpertBank, default_fill_mode
 from .context import guard as guard_context
 from .options import (
     DEFAULT_IO_THREADS,
+    DEFAULT_OVERLAP,
     DEFAULT_PAGE_CACHE,
     DEFAULT_PREFETCH,
     LoadOptions,
@@ -52,7 +53,7 @@ from .plan import (
 from .policy import DEFAULT_POLICY, make_policy
 from .spec import latent_kv, store_itemsize, store_sizes
 from .stats import StreamStats
-from .streaming import NextLayer, StreamingExperts, default_overlap, default_pass_mode
+from .streaming import NextLayer, StreamingExperts, default_pass_mode
 
 log = logging.getLogger("mlxstore")
 
@@ -78,7 +79,7 @@ def load(
     past_max_context: str = DEFAULT_PAST_MAX_CONTEXT,
     fill: str | None = None,
     passes: str | None = None,
-    overlap: bool | None = None,
+    overlap: bool = DEFAULT_OVERLAP,
 ):
     """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
 
@@ -104,8 +105,8 @@ def load(
     (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
     (moe.streaming; "rows" only on the CPU backend); None picks by backend. overlap:
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
-    while Python builds the next layer, at the price of one more eval per layer; None
-    picks by backend (moe.streaming).
+    while Python builds the next layer, at the price of one more eval per layer (on by
+    default: it won on the CPU backend and on CUDA alike; off is there to measure).
     Bad values raise `OptionError` (a ValueError) naming the option (moe/options.py).
     """
     options = LoadOptions(
@@ -137,7 +138,6 @@ def _load(s: Store, o: LoadOptions, group):
     passes = o.passes or default_pass_mode()
     if passes == "rows" and mx.default_device() != mx.cpu:
         raise OptionError(f"passes='rows' is exact only on the CPU backend (the default device is {mx.default_device()})")
-    overlap = default_overlap() if o.overlap is None else o.overlap
     config = model_config(s)
     model = build_model(config, s.quantization)
     stage = pipeline.shard(model, s, group) if group is not None else None
@@ -178,7 +178,7 @@ def _load(s: Store, o: LoadOptions, group):
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
                           make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
                           fds, pool, bank_options)  # fmt: skip
-        wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, overlap)
+        wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, o.overlap)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
     for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):

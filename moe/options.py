@@ -24,6 +24,9 @@ PAGE_CACHE_MODES = ("keep", "drop")
 # Macs found the OS cache beating app-level expert caches.
 DEFAULT_PREFETCH = "none"
 DEFAULT_PAGE_CACHE = "keep"
+# One more eval per layer, yet launching a layer's experts at once beat leaving them to the
+# next layer's host sync on CUDA as on the CPU (README, "Linux with an NVIDIA GPU").
+DEFAULT_OVERLAP = True
 DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
 
 
@@ -53,7 +56,7 @@ class LoadOptions:
     past_max_context: str = DEFAULT_PAST_MAX_CONTEXT
     fill: str | None = None  # None: by backend (moe.bank.default_fill_mode)
     passes: str | None = None  # None: by backend (moe.streaming.default_pass_mode)
-    overlap: bool | None = None  # None: by backend (moe.streaming.default_overlap)
+    overlap: bool = DEFAULT_OVERLAP
 
     def __post_init__(self) -> None:
         # here, so the streaming and bank modules may import this one
@@ -66,8 +69,8 @@ class LoadOptions:
             raise OptionError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
         if self.passes is not None and self.passes not in PASS_MODES:
             raise OptionError(f"passes must be one of {PASS_MODES}, got {self.passes!r}")
-        if self.overlap is not None and not isinstance(self.overlap, bool):
-            raise OptionError(f"overlap must be True, False or None, got {self.overlap!r}")
+        if not isinstance(self.overlap, bool):
+            raise OptionError(f"overlap must be True or False, got {self.overlap!r}")
         if self.prefetch not in PREFETCH_MODES:
             raise OptionError(f"prefetch must be one of {PREFETCH_MODES}, got {self.prefetch!r}")
         if self.page_cache not in PAGE_CACHE_MODES:

@@ -41,13 +41,6 @@ def default_pass_mode() -> str:
     return "rows" if mx.default_device() == mx.cpu else "full"
 
 
-def default_overlap() -> bool:
-    """Launch each streamed layer at once only on the CPU backend, where an eval is cheap
-    next to a layer; on a GPU each eval costs a launch of its own, and the next layer's
-    host sync launches the layer's kernels anyway (README, "Linux with an NVIDIA GPU")."""
-    return mx.default_device() == mx.cpu
-
-
 @dataclass
 class NextLayer:
     """What next-layer prefetch needs: the next MoE layer's router, top-k and bank."""
@@ -60,8 +53,7 @@ class NextLayer:
 class StreamingExperts(nn.Module):
     """Wraps an mlx-lm SwitchGLU / SwitchMLP whose expert tensors are a slot bank."""
 
-    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str = "none", passes: str = "full",
-                 overlap: bool = True):  # fmt: skip
+    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str, passes: str, overlap: bool):
         super().__init__()
         self.inner = inner
         set_plain(self, "bank", bank)

@@ -254,12 +254,12 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
     specs = {  # name: (slots, preload, host path forced, load options); the rest are the backend's defaults
         "all-fit": (experts, True, False, {}),
         "all-hits-host": (experts, True, True, {}),
-        "all-hits-overlap": (experts, True, True, {"overlap": True}),
+        "all-hits-no-overlap": (experts, True, True, {"overlap": False}),
         "50%-staged": (experts // 2, False, False, {"fill": "staged"}),
         "50%-direct": (experts // 2, False, False, {"fill": "direct"}),
         "25%-staged": (experts // 4, False, False, {"fill": "staged"}),
         "25%-direct": (experts // 4, False, False, {"fill": "direct"}),
-        "25%-overlap": (experts // 4, False, False, {"fill": "staged", "overlap": True}),
+        "25%-no-overlap": (experts // 4, False, False, {"fill": "staged", "overlap": False}),
     }
     if configs:
         wanted = configs.split(",")
