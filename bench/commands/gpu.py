@@ -350,6 +350,13 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
                 row["bound_tok_s"] = bound
                 row["vs_bound"] = row["tok_s"] / bound
                 row["read_vs_raw"] = (row["read_gb_s"] or 0) / raw["gb_per_s"]
+                row["file_vs_raw"] = (row["file_gb_s"] or 0) / raw["gb_per_s"]
+            per_tok = {k: tot[k] / n_tok * 1e3 for k in ("sync_seconds", "router_sync_seconds", "host_seconds",
+                                                         "graph_seconds", "file_seconds", "read_seconds")}  # fmt: skip
+            row["profile_ms"] = {"total": s_tok * 1e3, "sync": per_tok["sync_seconds"] + per_tok["router_sync_seconds"],
+                                 "host": per_tok["host_seconds"], "graph": per_tok["graph_seconds"],
+                                 "file": per_tok["file_seconds"], "copy": per_tok["read_seconds"] - per_tok["file_seconds"]}  # fmt: skip
+            row["profile_ms"]["rest"] = row["profile_ms"]["total"] - sum(v for k, v in row["profile_ms"].items() if k != "total")
         rows.append(row)
 
     # Prompt: 512 tokens at 25% of the experts, expert-major passes, cold, vs resident.
@@ -423,6 +430,14 @@ def _markdown(rep: dict) -> str:
              f"trace {rep['trace']}.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
     for r in rep["decode"]:
         lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
+    parts = ["total", "sync", "host", "graph", "file", "copy", "rest"]
+    lines += ["", "Where a token's time goes, ms per token (sync: waiting for the router's ids; host: the layer's own "
+              "work; graph: building and launching; file: miss reads; copy: into device memory; rest: the model "
+              "around the experts, on the GPU and in Python):", "",
+              "| config | phase | " + " | ".join(parts) + " |", "|" + "---|" * (len(parts) + 2)]  # fmt: skip
+    for r in rep["decode"]:
+        if "profile_ms" in r:
+            lines.append(f"| {r['config']} | {r['phase']} | " + " | ".join(f"{r['profile_ms'][k]:.1f}" for k in parts) + " |")
     lines += ["", "| prompt config | tok/s | resident tok/s | read-once tok/s | vs bound |", "|---|---|---|---|---|"]
     for name, p in rep["prompt"].items():
         lines.append(f"| {name} | {p['tok_s']:.1f} | {p['resident_tok_s']:.1f} | {p['read_once_tok_s']:.1f} | "

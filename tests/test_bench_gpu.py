@@ -1,0 +1,32 @@
+"""`bench gpu` runs whole on a small model (on the CPU here): the stage is what a scarce
+GPU run executes, so a crash must show up in CI, not on the lent machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench` runs
+
+
+def test_gpu_stage_writes_targets_profile_and_exactness(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench", "gpu", "--dir", str(tmp_path / "work"), "--layers", "2",
+           "--hidden", "64", "--moe-intermediate", "64", "--vocab", "512", "--tokens", "2", "--rounds", "1",
+           "--prompt", "64", "--out", str(out), "--configs", "all-fit,all-hits-host,25%-staged,25%-direct"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["exact"] == {"all-fit": True, "all-hits-host": True, "25%-staged": True, "25%-direct": True}
+    assert {t["id"] for t in report["targets"]} == {"G1", "G2", "G2h", "G3", "G4", "G5"}
+    rows = {(r["config"], r["phase"]): r for r in report["decode"]}
+    assert set(rows) == {(c, p) for c in ("resident", "all-fit", "all-hits-host", "25%-staged", "25%-direct")
+                         for p in ("cold", "warm")}  # fmt: skip
+    staged = rows[("25%-staged", "cold")]
+    assert staged["missed_mb_per_token"] > 0 and 0 < staged["hit_rate"] < 1
+    assert staged["copy_ms_per_token"] > 0 and rows[("25%-direct", "cold")]["copy_ms_per_token"] < 0.01
+    profile = staged["profile_ms"]
+    assert abs(sum(v for k, v in profile.items() if k != "total") - profile["total"]) < 1e-6
+    assert "Where a token's time goes" in (out / "gpu.md").read_text()
