@@ -31,14 +31,25 @@ TIMEOUT = 120  # seconds for a whole launch; a hang fails the test instead of th
 pytestmark = pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch not installed")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _port(ranks: int) -> int:
+    """A base port whose `ranks` successors are free too (the ring backend binds one per
+    rank from --starting-port; a busy successor made a launch fail at connect time)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        try:
+            for p in range(base, base + ranks + 1):
+                with socket.socket() as t:
+                    t.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no run of free ports for the ring backend")
 
 
 def _launch(ranks: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = ["mlx.launch", "-n", str(ranks), "--backend", "ring", "--starting-port", str(_port()),
+    cmd = ["mlx.launch", "-n", str(ranks), "--backend", "ring", "--starting-port", str(_port(ranks)),
            sys.executable, str(WORKER), *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, **(env or {})})
 
@@ -76,7 +87,7 @@ def test_rank_that_cannot_open_the_store_fails_every_rank(store_dir, tmp_path):
     # Rank 1 sees a store path that does not exist: both ranks must report it and exit.
     proc = _launch(2, "{missing}", str(tmp_path / "run"), "4",
                    env={"PIPELINE_TEST_STORE": str(store_dir("qwen3_moe"))})  # fmt: skip
-    assert proc.returncode != 0 or "failed to load" in proc.stderr
+    assert proc.returncode != 0 or "failed to load" in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("rank 1 of 2 failed to load") == 2, proc.stderr[-3000:]
 
 
