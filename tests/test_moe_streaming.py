@@ -85,6 +85,25 @@ def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap):
             assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap} slots={slots}"
 
 
+def test_overlap_launches_each_streamed_layer(models, monkeypatch):
+    """overlap=True launches every streamed decode layer at once (mx.async_eval); False
+    leaves its kernels to the next host sync: no launch of its own."""
+    src, store = models["qwen3_moe"]
+    launches: list = []
+    real = mx.async_eval
+    monkeypatch.setattr(mx, "async_eval", lambda *a: (launches.append(1), real(*a))[1])
+    counts = {}
+    for overlap in (True, False):
+        model, _ = moe.load(store, slots_per_layer=_num_experts(tiny_config("qwen3_moe")) // 2,
+                            fill="direct", passes="full", overlap=overlap)  # fmt: skip
+        cache = make_prompt_cache(model)
+        mx.eval(model(random_prompt(5, seed=0), cache=cache))
+        launches.clear()
+        mx.eval(model(mx.array([[7]]), cache=cache))
+        counts[overlap] = len(launches)
+    assert counts == {True: tiny_config("qwen3_moe")["num_hidden_layers"], False: 0}
+
+
 def test_rows_passes_refused_off_the_cpu(models, monkeypatch):
     """"rows" computes subsets of a call's rows, exact only where each row is computed
     alone: on a GPU backend load says so instead of streaming inexactly."""
