@@ -105,6 +105,9 @@ def load_options(command):
         option("--overlap/--no-overlap", default=load_default("overlap"), show_default=True,
                help="Launch each streamed layer's expert kernels at once, while Python builds the next layer "
                     "(one more eval per layer)."),
+        option("--optimistic/--no-optimistic", default=load_default("optimistic"), show_default=True,
+               help="Run decode steps that follow a step without misses on the device's slot tables, with one "
+                    "host check per step instead of one per layer (a step that missed runs again)."),
     ]  # fmt: skip
     for decorate in reversed(options):
         command = decorate(command)
@@ -138,7 +141,7 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
                 prefetch=kw["prefetch"], page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
                 prefill_step_size=kw["prefill_step_size"], past_max_context=kw["past_max_context"],
                 kv_bits=kw.get("kv_bits"), kv_group_size=kw.get("kv_group_size") or 64, max_kv_size=kw.get("max_kv_size"),
-                fill=kw.get("fill"), overlap=kw["overlap"],
+                fill=kw.get("fill"), overlap=kw["overlap"], optimistic=kw["optimistic"],
             )  # fmt: skip
             model, tokenizer = moe.load_with(store, options, group=group)
     except (StoreError, ValueError) as e:

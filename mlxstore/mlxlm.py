@@ -10,7 +10,15 @@ pyproject.toml pins the mlx-lm range the tests ran with.
 from __future__ import annotations
 
 from mlx_lm import server
-from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
+from mlx_lm.models.cache import (
+    ArraysCache,
+    CacheList,
+    KVCache,
+    LRUPromptCache,
+    QuantizedKVCache,
+    RotatingKVCache,
+    make_prompt_cache,
+)
 from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -28,7 +36,12 @@ from mlx_lm.utils import (
 SWITCH_TYPES = (SwitchGLU, SwitchMLP)  # the modules every mlx-lm MoE keeps its expert stacks in
 
 __all__ = [
+    "ArraysCache",
+    "CacheList",
+    "KVCache",
     "LRUPromptCache",
+    "QuantizedKVCache",
+    "RotatingKVCache",
     "SWITCH_TYPES",
     "SwitchGLU",
     "SwitchMLP",

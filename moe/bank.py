@@ -83,6 +83,10 @@ class ExpertBank:
         # `identity` when expert e sits in slot e (the router's ids are slot ids).
         self.fixed_slots: mx.array | None = None
         self.identity = False
+        # expert -> slot for optimistic steps (moe.optimistic), on the device (a missing
+        # expert at slot 0) and on the host (-1); rebuilt at first use after a fill
+        self._device_slots: mx.array | None = None
+        self._host_slots = np.full(self.num_experts, -1, dtype=np.int64)
         self.arrays: list[mx.array] = []  # the module's own parameter objects
         self._rows: list[tuple[memoryview, int]] = []  # host views (direct fill only)
         updates = []
@@ -136,6 +140,7 @@ class ExpertBank:
         start = time.perf_counter()
         st = self.stats
         if misses:
+            self._device_slots = None  # residency changes (a failed read empties its slot)
             if self.predicted:
                 st.prefetch_used += sum(1 for e, _ in misses if e in self.predicted)
             self._read_all(misses)
@@ -154,6 +159,21 @@ class ExpertBank:
                 table = mx.array(order, dtype=mx.uint32)
                 mx.eval(table)
                 self.fixed_slots = table
+
+    def device_slots(self) -> mx.array:
+        """Expert -> slot as a device array, missing experts at slot 0 (whose results an
+        optimistic step discards when `holds` says no)."""
+        if self._device_slots is None:
+            host = np.full(self.num_experts, -1, dtype=np.int64)
+            for e, s in self.policy.resident().items():
+                host[e] = s
+            self._host_slots = host
+            self._device_slots = mx.array(np.maximum(host, 0), dtype=mx.uint32)
+        return self._device_slots
+
+    def holds(self, ids: np.ndarray) -> bool:
+        """Whether every expert in `ids` sat in the slot `device_slots` gave it."""
+        return bool((self._host_slots[ids] >= 0).all())
 
     def ensure(self, experts: list[int]) -> list[int]:
         """Slots holding `experts` (distinct ids), reading the missing ones first."""

@@ -33,8 +33,11 @@ from mlxstore.switches import find_switches
 from . import pipeline
 from .bank import BankOptions, ExpertBank, default_fill_mode
 from .context import guard as guard_context
+from .optimistic import Optimism
+from .optimistic import install as install_optimism
 from .options import (
     DEFAULT_IO_THREADS,
+    DEFAULT_OPTIMISTIC,
     DEFAULT_OVERLAP,
     DEFAULT_PAGE_CACHE,
     DEFAULT_PREFETCH,
@@ -80,6 +83,7 @@ def load(
     fill: str | None = None,
     passes: str | None = None,
     overlap: bool = DEFAULT_OVERLAP,
+    optimistic: bool = DEFAULT_OPTIMISTIC,
 ):
     """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
 
@@ -107,6 +111,11 @@ def load(
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
     while Python builds the next layer, at the price of one more eval per layer (on by
     default: it won on the CPU backend and on CUDA alike; off is there to measure).
+    optimistic: a decode step after one that missed nothing maps slots on the device and
+    reads every layer's ids to the host once, at its end, instead of once per layer; if
+    one was missing, the step's caches are put back and it runs again through the host
+    path (moe.optimistic). Exact either way. Not with `group` (a pipeline stage cannot
+    run a step again alone).
     Bad values raise `OptionError` (a ValueError) naming the option (moe/options.py).
     """
     options = LoadOptions(
@@ -115,7 +124,7 @@ def load(
         io_threads=io_threads, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
         prefill_step_size=prefill_step_size, kv_bits=kv_bits, kv_group_size=kv_group_size,
         max_kv_size=max_kv_size, past_max_context=past_max_context, fill=fill, passes=passes,
-        overlap=overlap,
+        overlap=overlap, optimistic=optimistic,
     )  # fmt: skip
     return load_with(store, options, group)
 
@@ -181,6 +190,11 @@ def _load(s: Store, o: LoadOptions, group):
         wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, o.overlap)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
+    if o.optimistic and group is None:
+        optimism = Optimism()
+        for _, w in wrappers:
+            set_plain(w, "optimism", optimism)
+        install_optimism(model, optimism)
     for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):
         if nsite.router is not None and nsite.top_k:
             set_plain(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
@@ -244,6 +258,9 @@ def stats(model: nn.Module, reset: bool = False) -> StreamStats:
     """Hits, misses, bytes and seconds of every streamed MoE layer (a snapshot copy)."""
     from copy import copy
 
+    for _, m in model.named_modules():
+        if isinstance(m, StreamingExperts):
+            m.settle()
     banks = _banks(model)
     out = StreamStats({name: copy(b.stats) for name, b in banks.items()})
     if reset:
@@ -254,6 +271,7 @@ def stats(model: nn.Module, reset: bool = False) -> StreamStats:
 def reset_stats(model: nn.Module) -> None:
     from .stats import LayerStats
 
+    stats(model)  # optimistic calls still to be accounted go to the counters being dropped
     for bank in _banks(model).values():
         bank.stats = LayerStats()
 

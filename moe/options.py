@@ -27,6 +27,10 @@ DEFAULT_PAGE_CACHE = "keep"
 # One more eval per layer, yet launching a layer's experts at once beat leaving them to the
 # next layer's host sync on CUDA as on the CPU (README, "Linux with an NVIDIA GPU").
 DEFAULT_OVERLAP = True
+# A decode step after one without misses maps slots on the device and checks its ids once
+# (moe.optimistic): one host sync per step instead of one per layer; a step that missed
+# runs again, and only steps after a clean one try (README, "Linux with an NVIDIA GPU").
+DEFAULT_OPTIMISTIC = True
 DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
 
 
@@ -57,6 +61,7 @@ class LoadOptions:
     fill: str | None = None  # None: by backend (moe.bank.default_fill_mode)
     passes: str | None = None  # None: by backend (moe.streaming.default_pass_mode)
     overlap: bool = DEFAULT_OVERLAP
+    optimistic: bool = DEFAULT_OPTIMISTIC
 
     def __post_init__(self) -> None:
         # here, so the streaming and bank modules may import this one
@@ -69,8 +74,9 @@ class LoadOptions:
             raise OptionError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
         if self.passes is not None and self.passes not in PASS_MODES:
             raise OptionError(f"passes must be one of {PASS_MODES}, got {self.passes!r}")
-        if not isinstance(self.overlap, bool):
-            raise OptionError(f"overlap must be True or False, got {self.overlap!r}")
+        for name in ("overlap", "optimistic"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.prefetch not in PREFETCH_MODES:
             raise OptionError(f"prefetch must be one of {PREFETCH_MODES}, got {self.prefetch!r}")
         if self.page_cache not in PAGE_CACHE_MODES:

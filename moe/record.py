@@ -34,7 +34,7 @@ from mlxstore.switches import find_switches
 
 from .plain import set_plain
 from .replay import _num_experts, _switch_sites
-from .streaming import StreamingExperts
+from .streaming import StreamingExperts, optimism_of
 
 
 class TraceRecorder:
@@ -106,9 +106,12 @@ class RecordedExperts(nn.Module):
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         k = indices.shape[-1]
-        ids = np.array(indices).reshape(-1, k)  # the host sync recording costs
         per_sequence = indices.shape[-2] if indices.ndim >= 2 else 1
-        self.recorder.add(self.layer, ids, per_sequence)
+        optimism = optimism_of(self.inner)
+        if optimism is not None:  # recorded once the step stands (a step run again records once)
+            optimism.on_confirm(lambda: self.recorder.add(self.layer, np.array(indices).reshape(-1, k), per_sequence))
+        else:
+            self.recorder.add(self.layer, np.array(indices).reshape(-1, k), per_sequence)  # the host sync recording costs
         return self.inner(x, indices)
 
 

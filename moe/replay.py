@@ -15,7 +15,9 @@ trace used each expert in that layer, so padding looks like popular experts, not
 Timing realism: a streamed layer must read router ids to the host before it can map
 slots (one sync per layer); substituted ids are host data already, so the wrapper makes
 that sync itself on the router's ids (`sync`, default on for StreamingExperts, off for a
-resident switch, which never syncs) and times it (`sync_seconds`: compute waited for).
+resident switch, which never syncs) and times it (`sync_seconds`: compute waited for). A
+layer in an optimistic step (moe.optimistic) makes no sync, and neither does its wrapper;
+if the step runs again, the wrapper's cursor goes back with it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mlxstore.mlxlm import SWITCH_TYPES
 from mlxstore.switches import SwitchSite, find_switches, num_experts
 
 from .plain import set_plain
-from .streaming import StreamingExperts
+from .streaming import StreamingExperts, optimism_of
 
 
 class ReplayedExperts(nn.Module):
@@ -70,7 +72,11 @@ class ReplayedExperts(nn.Module):
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         inner = self.inner
         fixed = isinstance(inner, StreamingExperts) and inner.bank.fixed_slots is not None
-        if self.sync and not (fixed and indices.size == indices.shape[-1]):
+        optimism = optimism_of(inner)
+        if optimism is not None:  # a step run again replays the same rows
+            cursor, logged = self.cursor, None if self.log is None else len(self.log)
+            optimism.on_undo(lambda: self._rewind_to(cursor, logged))
+        elif self.sync and not (fixed and indices.size == indices.shape[-1]):
             # the host sync the streaming layer makes on real router ids (a layer holding
             # every expert maps one token's ids on the device and makes none)
             start = time.perf_counter()
@@ -81,6 +87,12 @@ class ReplayedExperts(nn.Module):
         if self.log is not None:
             self.log.append(ids)
         return self.inner(x, mx.array(ids.reshape(indices.shape), dtype=indices.dtype))
+
+
+    def _rewind_to(self, cursor: int, logged: int | None) -> None:
+        set_plain(self, "cursor", cursor)
+        if logged is not None:
+            del self.log[logged:]
 
 
 def pad_rows(calls: Sequence[tuple[int, ...]], k: int, num_experts: int, seed: int) -> np.ndarray:

@@ -22,6 +22,8 @@ class LayerStats:
     sync_seconds: float = 0.0  # waiting for the router's ids to reach the host
     host_seconds: float = 0.0  # the layer's own host work: ids to slots, lookups (reads apart)
     graph_seconds: float = 0.0  # building and launching the switch module's graph (resident pays it too)
+    optimistic: int = 0  # calls of optimistic steps that stood (slots mapped on the device, moe.optimistic)
+    redone: int = 0  # optimistic steps run again on the host because this layer missed first
 
     def add(self, other: LayerStats) -> None:
         for f in fields(self):

@@ -14,6 +14,10 @@ shape too ("full"): the rows of experts outside a pass are pointed at one of its
 their results are discarded. Where a backend's kernel is known to compute each row alone
 (the CPU backend), calls may run over subsets of rows ("rows"): passes over their own rows
 only, and a decode call computes its resident experts' rows while the misses are read.
+
+In an optimistic decode step (moe.optimistic) a layer makes no host sync: it maps its ids
+on the bank's device table and launches; the step checks every layer's ids once at its
+end, and the layer accounts its call (lookups, counters) at its next call.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from mlxstore.formats import StoreError
 
 from .bank import ExpertBank
 from .discover import predict_experts
+from .optimistic import Optimism
 from .plain import set_plain
 
 PREFETCH_MODES = ("none", "temporal", "next-layer")
@@ -61,20 +66,29 @@ class StreamingExperts(nn.Module):
         set_plain(self, "passes", passes)
         set_plain(self, "overlap", overlap)
         set_plain(self, "next_layer", None)
+        set_plain(self, "optimism", None)  # the model's Optimism when its decode steps are optimistic
+        set_plain(self, "_deferred", None)  # ids of a call of an optimistic step that stood, not yet accounted
         set_plain(self, "_previous", np.empty(0, dtype=np.int64))
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         bank: ExpertBank = self.bank
-        st = bank.stats
+        if self._deferred is not None:
+            self.settle()
+        optimism = optimism_of(self)
         if bank.fixed_slots is not None:
             # Every expert is resident for good: no host sync, the call runs as resident
             # (requests then count (token, rank) rows, as nothing is read to count experts).
-            st.calls += 1
-            st.requests += indices.size
-            st.hits += indices.size
+            if optimism is not None:
+                optimism.on_confirm(lambda: _count_fixed(bank.stats, indices.size))
+            else:
+                _count_fixed(bank.stats, indices.size)
             if bank.identity:
                 return self.inner(x, indices)
             return self.inner(x, bank.fixed_slots[indices].astype(indices.dtype))
+        if optimism is not None:
+            return self._on_device(x, indices)
+        optimism = self.optimism
+        st = bank.stats
         nxt: NextLayer | None = self.next_layer
         t0 = time.perf_counter()
         if self.prefetch == "next-layer" and nxt is not None:
@@ -83,19 +97,12 @@ class StreamingExperts(nn.Module):
             nxt.bank.hint(np.unique(np.array(predicted)))
         ids = np.array(indices)  # the one host sync of this layer
         t1 = time.perf_counter()
-        # Decode calls are a handful of ids: Python lists and a set beat numpy there.
-        small = ids.size <= SORT_THRESHOLD
-        flat = ids.ravel().tolist() if small else None
-        experts = sorted(set(flat)) if small else np.unique(ids).tolist()
-        if experts and (experts[0] < 0 or experts[-1] >= bank.num_experts):
-            raise StoreError(f"{bank.name}: router chose expert {experts[-1]}, the layer has {bank.num_experts}")
+        small, flat, experts = self._experts(ids)
         waited = st.wait_seconds
-        if self.prefetch == "temporal":
-            used = np.array(experts, dtype=np.int64)
-            bank.hint(np.setdiff1d(self._previous, used, assume_unique=True))
-            set_plain(self, "_previous", used)
         if len(experts) <= bank.num_slots:
             slots, misses = bank.lookup(experts)
+            if misses and optimism is not None:
+                optimism.missed = True
             if small:
                 where = dict(zip(experts, slots))
                 slot_ids = np.array([where[e] for e in flat], dtype=np.uint32).reshape(ids.shape)
@@ -108,6 +115,8 @@ class StreamingExperts(nn.Module):
                 bank.fill(misses)
                 out = self.inner(x, mx.array(slot_ids, dtype=indices.dtype))
         else:
+            if optimism is not None:
+                optimism.missed = True
             t2, waited2 = time.perf_counter(), st.wait_seconds
             run = self._run_row_passes if self.passes == "rows" else self._run_full_passes
             out = run(x, ids, indices.dtype, np.array(experts, dtype=ids.dtype))
@@ -118,6 +127,53 @@ class StreamingExperts(nn.Module):
         st.host_seconds += (t2 - t1) - (waited2 - waited)
         st.graph_seconds += (t3 - t2) - (st.wait_seconds - waited2)
         return out
+
+    def _experts(self, ids: np.ndarray) -> tuple[bool, list | None, list[int]]:
+        """(small, the ids as a flat list when small, the distinct experts sorted); issues
+        the temporal prefetch hints."""
+        bank = self.bank
+        # Decode calls are a handful of ids: Python lists and a set beat numpy there.
+        small = ids.size <= SORT_THRESHOLD
+        flat = ids.ravel().tolist() if small else None
+        experts = sorted(set(flat)) if small else np.unique(ids).tolist()
+        if experts and (experts[0] < 0 or experts[-1] >= bank.num_experts):
+            raise StoreError(f"{bank.name}: router chose expert {experts[-1]}, the layer has {bank.num_experts}")
+        if self.prefetch == "temporal":
+            used = np.array(experts, dtype=np.int64)
+            bank.hint(np.setdiff1d(self._previous, used, assume_unique=True))
+            set_plain(self, "_previous", used)
+        return small, flat, experts
+
+    def _on_device(self, x: mx.array, indices: mx.array) -> mx.array:
+        """A call of an optimistic step: slots from the bank's device table, no host sync
+        (moe.optimistic checks the ids once the step is built)."""
+        start = time.perf_counter()
+        slots = self.bank.device_slots()[indices]
+        out = self.inner(x, slots if slots.dtype == indices.dtype else slots.astype(indices.dtype))
+        self.optimism.launched.append((self, indices))
+        if self.overlap:
+            mx.async_eval(out)
+        self.bank.stats.graph_seconds += time.perf_counter() - start
+        return out
+
+    def defer(self, ids: np.ndarray) -> None:
+        """Keep the ids of a call of an optimistic step that stood, for `settle`."""
+        set_plain(self, "_deferred", ids)
+
+    def settle(self) -> None:
+        """Account a standing optimistic call as the host path would have: its lookups
+        (the policy's recency), counters and prefetch hints. Runs at the layer's next call,
+        while the GPU works on the layers before it, or when stats are read."""
+        ids = self._deferred
+        if ids is None:
+            return
+        set_plain(self, "_deferred", None)
+        start = time.perf_counter()
+        bank = self.bank
+        _, misses = bank.lookup(self._experts(ids)[2])
+        bank.fill(misses)  # none: the step stood because every id was resident
+        bank.stats.optimistic += 1
+        bank.stats.host_seconds += time.perf_counter() - start
 
     def _run_split(self, x, ids, dtype, slot_ids, misses) -> mx.array:
         """Decode where each row is computed alone ("rows"): the rows of resident experts
@@ -194,6 +250,21 @@ class StreamingExperts(nn.Module):
             slots = np.concatenate([slots, np.full(SORT_THRESHOLD - n, slots[0])])
         y = self.inner(rows[mx.array(pos)], mx.array(slots[:, None], dtype=dtype))
         return y.reshape(pos.size, -1)[:n]
+
+
+def optimism_of(module: nn.Module) -> Optimism | None:
+    """The optimistic step `module` (a streamed layer, or a wrapper around one) is running
+    in, or None: what wrappers need to skip their own host syncs and put their state back."""
+    while module is not None and not isinstance(module, StreamingExperts):
+        module = getattr(module, "inner", None)
+    optimism = None if module is None else module.optimism
+    return optimism if optimism is not None and optimism.active else None
+
+
+def _count_fixed(st, rows: int) -> None:
+    st.calls += 1
+    st.requests += rows
+    st.hits += rows
 
 
 def _rows(x: mx.array, ids: np.ndarray) -> mx.array:
