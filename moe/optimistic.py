@@ -49,6 +49,12 @@ class Optimism:
     launched: list = field(default_factory=list)  # (layer, indices) the running step mapped on the device
     undo: list[Undo] = field(default_factory=list)
     confirmed: list[Callable[[], None]] = field(default_factory=list)
+    waits: list[mx.array] = field(default_factory=list)  # arrays the check also waits for
+
+    def wait_for(self, array: mx.array) -> None:
+        """Make the step's check wait for `array` too (a replayed layer's own router ids,
+        which a real step's check waits for: replayed ids are host data already)."""
+        self.waits.append(array)
 
     def on_undo(self, fn: Undo) -> None:
         """Run `fn` if the running optimistic step is put back (state it advanced)."""
@@ -62,7 +68,7 @@ class Optimism:
         """`step()` optimistically when it may (`undo` puts its cache back), else on the host."""
         if undo is None or not self.clean:
             return self._host(step)
-        self.active, self.launched, self.undo, self.confirmed = True, [], [undo], []
+        self.active, self.launched, self.undo, self.confirmed, self.waits = True, [], [undo], [], []
         try:
             out = step()
             stands = self._check()
@@ -74,7 +80,7 @@ class Optimism:
         if stands:
             for fn in self.confirmed:
                 fn()
-            self.launched, self.confirmed, self.undo = [], [], []
+            self.launched, self.confirmed, self.undo, self.waits = [], [], [], []
             return out
         self._put_back()
         return self._host(step)
@@ -91,7 +97,7 @@ class Optimism:
             return True
         layers, ids = zip(*self.launched)
         start = time.perf_counter()
-        mx.eval(*ids)
+        mx.eval(*ids, *self.waits)
         host = [np.array(i) for i in ids]
         layers[-1].bank.stats.sync_seconds += time.perf_counter() - start
         for layer, i in zip(layers, host):
@@ -105,7 +111,7 @@ class Optimism:
     def _put_back(self) -> None:
         for fn in reversed(self.undo):
             fn()
-        self.launched, self.confirmed, self.undo = [], [], []
+        self.launched, self.confirmed, self.undo, self.waits = [], [], [], []
 
 
 def undo_for(cache) -> Undo | None:

@@ -76,6 +76,8 @@ class ReplayedExperts(nn.Module):
         if optimism is not None:  # a step run again replays the same rows
             cursor, logged = self.cursor, None if self.log is None else len(self.log)
             optimism.on_undo(lambda: self._rewind_to(cursor, logged))
+            if self.sync:
+                optimism.wait_for(indices)
         elif self.sync and not (fixed and indices.size == indices.shape[-1]):
             # the host sync the streaming layer makes on real router ids (a layer holding
             # every expert maps one token's ids on the device and makes none)
