@@ -39,10 +39,14 @@ from mlxstore.mlxlm import ArraysCache, CacheList, KVCache, QuantizedKVCache, Ro
 Undo = Callable[[], None]
 
 
+LAUNCH_EVERY = 4  # streamed layers between launches of an optimistic step's work (README, "Linux with an NVIDIA GPU")
+
+
 @dataclass
 class Optimism:
     """One model's optimistic-step state, shared by its wrapper and its streamed layers."""
 
+    launch_every: int = LAUNCH_EVERY  # with `overlap`; 0: the check's eval launches the whole step
     active: bool = False  # an optimistic step is running
     clean: bool = False  # the last step missed nothing: the next decode step may try
     missed: bool = False  # a layer of the running host-path step read a miss

@@ -150,8 +150,10 @@ class StreamingExperts(nn.Module):
         start = time.perf_counter()
         slots = self.bank.device_slots()[indices]
         out = self.inner(x, slots if slots.dtype == indices.dtype else slots.astype(indices.dtype))
-        self.optimism.launched.append((self, indices))
-        if self.overlap:
+        optimism: Optimism = self.optimism
+        optimism.launched.append((self, indices))
+        # A launch per layer costs more than it overlaps on a fast GPU: every few layers.
+        if self.overlap and optimism.launch_every and len(optimism.launched) % optimism.launch_every == 0:
             mx.async_eval(out)
         self.bank.stats.graph_seconds += time.perf_counter() - start
         return out

@@ -257,6 +257,9 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         "all-fit": (experts, True, False, {}),
         "all-hits-optimistic": (experts, True, True, {}),
         "all-hits-optimistic-no-overlap": (experts, True, True, {"overlap": False}),
+        "all-hits-optimistic-every1": (experts, True, True, {"launch_every": 1}),
+        "all-hits-optimistic-every2": (experts, True, True, {"launch_every": 2}),
+        "all-hits-optimistic-every8": (experts, True, True, {"launch_every": 8}),
         "all-hits-host": (experts, True, True, {"optimistic": False}),
         "75%-staged": (experts * 3 // 4, False, False, {"fill": "staged"}),
         "50%-staged": (experts // 2, False, False, {"fill": "staged"}),
@@ -271,7 +274,11 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
     from bench.harness.worker import preload
 
     for name, (slots, pre, host, kw) in specs.items():
+        kw = dict(kw)
+        launch_every = kw.pop("launch_every", None)
         m, _ = moe.load(store, slots_per_layer=slots, page_cache="drop", **kw)
+        if launch_every is not None:
+            m.mlxstore_optimism.launch_every = launch_every
         if pre:
             preload(m)
         if host:
