@@ -39,7 +39,7 @@ from mlxstore.mlxlm import ArraysCache, CacheList, KVCache, QuantizedKVCache, Ro
 Undo = Callable[[], None]
 
 
-LAUNCH_EVERY = 4  # streamed layers between launches of an optimistic step's work (README, "Linux with an NVIDIA GPU")
+LAUNCH_EVERY = 8  # streamed layers between launches of an optimistic step's work (README, "Linux with an NVIDIA GPU")
 
 
 @dataclass
