@@ -251,16 +251,17 @@ def kv_cache_bytes(store: Store, tokens: int, cache: CacheOptions | None = None)
 
 
 def _banks(model: nn.Module) -> dict[str, ExpertBank]:
-    return {m.bank.name: m.bank for _, m in model.named_modules() if isinstance(m, StreamingExperts)}
+    """Every streamed layer's bank, its optimistic calls still to be accounted first."""
+    layers = [m for _, m in model.named_modules() if isinstance(m, StreamingExperts)]
+    for m in layers:
+        m.settle()
+    return {m.bank.name: m.bank for m in layers}
 
 
 def stats(model: nn.Module, reset: bool = False) -> StreamStats:
     """Hits, misses, bytes and seconds of every streamed MoE layer (a snapshot copy)."""
     from copy import copy
 
-    for _, m in model.named_modules():
-        if isinstance(m, StreamingExperts):
-            m.settle()
     banks = _banks(model)
     out = StreamStats({name: copy(b.stats) for name, b in banks.items()})
     if reset:
@@ -271,7 +272,6 @@ def stats(model: nn.Module, reset: bool = False) -> StreamStats:
 def reset_stats(model: nn.Module) -> None:
     from .stats import LayerStats
 
-    stats(model)  # optimistic calls still to be accounted go to the counters being dropped
     for bank in _banks(model).values():
         bank.stats = LayerStats()
 

@@ -121,19 +121,18 @@ class Optimism:
 def undo_for(cache) -> Undo | None:
     """What puts `cache` (a model's list of layer caches, or None) back as it is now,
     or None when some cache cannot be put back (the step then runs on the host)."""
-    if cache is None:
-        return _nothing
-    undos = [_undo_one(c) for c in cache]
-    if any(u is None for u in undos):
-        return None
-    return _all(undos)
+    return _nothing if cache is None else _all([_undo_one(c) for c in cache])
 
 
 def _nothing() -> None:
     pass
 
 
-def _all(undos: list[Undo]) -> Undo:
+def _all(undos: list[Undo | None]) -> Undo | None:
+    """One undo for all of `undos`; None if any is None (one cache cannot go back)."""
+    if any(u is None for u in undos):
+        return None
+
     def undo() -> None:
         for u in undos:
             u()
@@ -163,8 +162,7 @@ def _undo_one(c) -> Undo | None:
     if isinstance(c, ArraysCache) and c.left_padding is None and c.lengths is None:
         return _set(c, cache=list(c.cache))
     if kind is CacheList:
-        parts = [_undo_one(p) for p in c.caches]
-        return None if any(p is None for p in parts) else _all(parts)
+        return _all([_undo_one(p) for p in c.caches])
     return None
 
 
@@ -178,10 +176,10 @@ def _decode_step(args: tuple, kwargs: dict) -> bool:
 def _optimistic_class(cls: type) -> type:
     def __call__(self, *args, **kwargs):
         optimism: Optimism = self.mlxstore_optimism
-        if not _decode_step(args, kwargs):
-            return optimism.run(lambda: cls.__call__(self, *args, **kwargs), None)
-        cache = kwargs["cache"] if "cache" in kwargs else (args[1] if len(args) > 1 else None)
-        return optimism.run(lambda: cls.__call__(self, *args, **kwargs), undo_for(cache))
+        undo = None
+        if optimism.clean and _decode_step(args, kwargs):  # else nothing to put back is built
+            undo = undo_for(kwargs["cache"] if "cache" in kwargs else (args[1] if len(args) > 1 else None))
+        return optimism.run(lambda: cls.__call__(self, *args, **kwargs), undo)
 
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 

@@ -90,7 +90,6 @@ class ReplayedExperts(nn.Module):
             self.log.append(ids)
         return self.inner(x, mx.array(ids.reshape(indices.shape), dtype=indices.dtype))
 
-
     def _rewind_to(self, cursor: int, logged: int | None) -> None:
         set_plain(self, "cursor", cursor)
         if logged is not None:

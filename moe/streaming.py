@@ -74,20 +74,20 @@ class StreamingExperts(nn.Module):
         bank: ExpertBank = self.bank
         if self._deferred is not None:
             self.settle()
-        optimism = optimism_of(self)
+        running = optimism_of(self)  # the optimistic step this call is part of, if any
         if bank.fixed_slots is not None:
             # Every expert is resident for good: no host sync, the call runs as resident
             # (requests then count (token, rank) rows, as nothing is read to count experts).
-            if optimism is not None:
-                optimism.on_confirm(lambda: _count_fixed(bank.stats, indices.size))
+            if running is not None:
+                running.on_confirm(lambda: _count_fixed(bank.stats, indices.size))
             else:
                 _count_fixed(bank.stats, indices.size)
             if bank.identity:
                 return self.inner(x, indices)
             return self.inner(x, bank.fixed_slots[indices].astype(indices.dtype))
-        if optimism is not None:
+        if running is not None:
             return self._on_device(x, indices)
-        optimism = self.optimism
+        optimism: Optimism | None = self.optimism  # a host-path step: tell it about misses
         st = bank.stats
         nxt: NextLayer | None = self.next_layer
         t0 = time.perf_counter()
