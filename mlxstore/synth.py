@@ -25,12 +25,12 @@ from .synth_tokenizer import write_tokenizer
 
 # Shared by every tiny config; an architecture's entry overrides or extends it.
 _BASE: dict[str, Any] = {
-    "hidden_size": 64,
+    "hidden_size": 128,
     "num_hidden_layers": 2,
-    "intermediate_size": 128,
+    "intermediate_size": 256,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "head_dim": 16,
+    "head_dim": 32,
     "rms_norm_eps": 1e-6,
     "vocab_size": 512,
     "max_position_embeddings": 512,
@@ -39,41 +39,44 @@ _BASE: dict[str, Any] = {
 }
 
 # One tiny config per architecture: data, not code paths. MoE ones have 8-16 experts,
-# top-k 2-4 and expert widths of 64 so that group-64 quantization covers every expert.
+# top-k 2-4 and expert widths of 128. Every matmul's inner dimension is a multiple of 64
+# (group-64 quantization covers it) and larger than 64: MLX's CUDA kernel for Hopper GPUs
+# (qmm_sm90, taken when the inner dimension is at most the group size) returns zeros, so
+# smaller fixtures would not be a reference there (tests/test_synth.py keeps this true).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llama": {},
     "qwen3_moe": {
         "num_experts": 16, "num_experts_per_tok": 4, "decoder_sparse_step": 1,
-        "mlp_only_layers": [], "moe_intermediate_size": 64, "norm_topk_prob": True,
+        "mlp_only_layers": [], "moe_intermediate_size": 128, "norm_topk_prob": True,
     },
     "qwen2_moe": {
-        "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
-        "shared_expert_intermediate_size": 64,
+        "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+        "shared_expert_intermediate_size": 128,
     },
-    "mixtral": {"num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 64},
-    "olmoe": {"num_experts": 16, "num_experts_per_tok": 4, "intermediate_size": 64},
+    "mixtral": {"num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 128},
+    "olmoe": {"num_experts": 16, "num_experts_per_tok": 4, "intermediate_size": 128},
     "deepseek_v3": {
         "num_hidden_layers": 3, "first_k_dense_replace": 1, "num_key_value_heads": 4,
         "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 4,
-        "moe_intermediate_size": 64, "n_group": 2, "topk_group": 1,
-        "routed_scaling_factor": 2.5, "kv_lora_rank": 64, "q_lora_rank": 64,
-        "qk_rope_head_dim": 16, "qk_nope_head_dim": 64, "v_head_dim": 32,
+        "moe_intermediate_size": 128, "n_group": 2, "topk_group": 1,
+        "routed_scaling_factor": 2.5, "kv_lora_rank": 128, "q_lora_rank": 128,
+        "qk_rope_head_dim": 32, "qk_nope_head_dim": 128, "v_head_dim": 64,
     },
     "gpt_oss": {
-        "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 64,
+        "num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 128,
         "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"],
         "max_position_embeddings": 131072,  # transformers' yarn defaults assume it
     },
     "qwen3_next": {
         "num_hidden_layers": 4, "full_attention_interval": 2, "partial_rotary_factor": 0.25,
-        "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 16,
-        "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4,
+        "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 32,
+        "linear_value_head_dim": 32, "linear_conv_kernel_dim": 4,
         "num_experts": 16, "num_experts_per_tok": 4, "decoder_sparse_step": 1,
-        "mlp_only_layers": [], "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64,
+        "mlp_only_layers": [], "moe_intermediate_size": 128, "shared_expert_intermediate_size": 128,
     },
     "glm4_moe": {
         "num_hidden_layers": 3, "first_k_dense_replace": 1, "n_routed_experts": 16,
-        "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 64,
+        "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 128,
         "n_group": 1, "topk_group": 1, "norm_topk_prob": True, "routed_scaling_factor": 2.5,
         "use_qk_norm": True, "attention_bias": False, "partial_rotary_factor": 0.5,
         "rope_scaling": None,

@@ -39,7 +39,7 @@ def reference(model):
 def server(model):
     """A streamed server (5 of 32 slots per layer), queue of 0: one request at a time."""
     cmd = [sys.executable, "-c", "from mlxstore.cli.main import main; main()", "serve", "--model", str(model[1]),
-           "--memory-budget", "4MB", "--headroom", "1MiB", "--max-context", "128", "--port", "0",
+           "--memory-budget", "4.5MB", "--headroom", "1MiB", "--max-context", "128", "--port", "0",
            "--queue-size", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()

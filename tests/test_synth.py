@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 from synth_cases import CASES
 
 from mlxstore.mlxlm import SWITCH_TYPES
-from mlxstore.synth import make_model_dir
+from mlxstore.synth import ARCHITECTURES, apply_quantization, build, make_model_dir, tiny_config
 
 
 def _bits(a: mx.array) -> np.ndarray:
@@ -96,3 +96,22 @@ def test_routing_spreads_over_experts(model_dir, case, monkeypatch):
         num = next(m.num_experts for _, m in experts.named_modules() if hasattr(m, "num_experts"))
         used = np.unique(ids).size
         assert used >= num * 3 // 4, f"layer {layer}: only {used} of {num} experts used"
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_plain_quantized_matmul_is_wider_than_its_group(arch):
+    """The fixtures are the reference on every backend: MLX's CUDA kernel for Hopper GPUs
+    returns zeros when a quantized matmul's inner dimension is at most its group size, so
+    no plain (non-gathered) quantized layer of a tiny model may be that narrow."""
+    config = tiny_config(arch)
+    model = build(config)
+    apply_quantization(model, config)
+    gathered = {id(m) for _, s in model.named_modules() if isinstance(s, SWITCH_TYPES) for _, m in s.named_modules()}
+    checked = 0
+    for name, m in model.named_modules():
+        if id(m) in gathered or not hasattr(m, "scales") or getattr(m, "mode", "affine") != "affine":
+            continue
+        inner = m.weight.shape[-1] * 32 // m.bits
+        assert inner > m.group_size and inner % 64 == 0, f"{arch} {name}: inner dimension {inner}"
+        checked += 1
+    assert checked > 0
