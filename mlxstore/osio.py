@@ -88,12 +88,16 @@ def advise_willneed(fd: int, offset: int, length: int) -> bool:
 
 
 def advise_dontneed(fd: int, offset: int, length: int) -> bool:
-    """Let the kernel drop the clean cached pages of a range (Linux; macOS has no such call).
+    """Let the kernel drop the clean cached pages holding a range (Linux; macOS has no such call).
 
-    Length 0 means "to the end of the file". Dirty and mapped-in-use pages stay.
+    Length 0 means "to the end of the file". Dirty and mapped-in-use pages stay. The range
+    is widened to whole pages: Linux keeps a partly covered page, so an extent whose length
+    is not a page multiple would otherwise leave its last page cached.
     """
     if length < 0 or _darwin():
         return False
+    if length:
+        length = -(-(offset + length) // mmap.PAGESIZE) * mmap.PAGESIZE - offset
     return _fadvise(fd, offset, length, "POSIX_FADV_DONTNEED")
 
 

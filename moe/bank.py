@@ -119,7 +119,12 @@ class ExpertBank:
             for t, (view, row) in zip(self.tensors, self._rows):
                 _verify(t, expert, view[slot * row : (slot + 1) * row])
         if self.options.page_cache == "drop":
-            osio.advise_dontneed(self.fds[extent.shard], extent.offset, extent.length)
+            self._drop(extent)
+
+    def _drop(self, extent) -> None:
+        """Let the OS drop an extent's cached pages, on the pool: nothing waits for it (the
+        pool outlives every call, and the descriptors close only after it has finished)."""
+        self.pool.submit(osio.advise_dontneed, self.fds[extent.shard], extent.offset, extent.length)
 
     def lookup(self, experts: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
         """Slots for `experts` (distinct ids) and the (expert, slot) reads still owed."""
@@ -233,7 +238,7 @@ class ExpertBank:
                     _verify(t, e, memoryview(np.array(part)))
                 arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
             if self.options.page_cache == "drop":
-                osio.advise_dontneed(self.fds[extent.shard], extent.offset, extent.length)
+                self._drop(extent)
             base += extent.length
 
     # ------------------------------------------------------------ prefetch

@@ -329,3 +329,39 @@ def test_all_resident_layers_decode_without_host_sync(models, monkeypatch):
     assert all(np.array_equal(w, g) for w, g in zip(want, got))
     total = moe.stats(model).total
     assert total.hits + total.misses == total.requests
+
+
+@pytest.mark.parametrize("fill", ["direct", "staged"])
+def test_page_cache_drop_leaves_read_experts_uncached(models, fill):
+    """page_cache="drop" hands each read expert's pages back (on the read pool, which the
+    model's release waits for), so a store read warm ends with its missed extents uncached."""
+    import gc
+    import os
+
+    from bench.harness.rawdisk import cached_fraction
+    from bench.harness.worker import _banks, shard_paths
+
+    _, store = models["olmoe"]
+    files = shard_paths(str(store))
+    for f in files:
+        open(f, "rb").read()
+    before = sum(cached_fraction(f) or 0 for f in files)
+    if before < len(files) - 0.01:
+        pytest.skip("mincore unavailable or the store does not stay cached")
+    model, _ = moe.load(store, slots_per_layer=2, fill=fill, page_cache="drop")
+    read = set()  # (group, expert) of every miss: the extents that must end uncached
+    for bank in _banks(model):
+        def fill(misses, _fill=bank.fill, _group=bank.group):
+            read.update((_group, e) for e, _ in misses)
+            return _fill(misses)
+
+        bank.fill = fill
+    _logits_trace(model, random_prompt(6, seed=5), steps=3)
+    distinct = sum(group.extents[e].length for group, e in read)
+    del model, fill
+    gc.collect()  # the model's release joins the pool: every drop has run
+    dropped = sum((1 - (cached_fraction(f) or 0)) * os.path.getsize(f) for f in files)
+    if dropped == 0:
+        pytest.skip("this filesystem keeps pages after DONTNEED")
+    assert distinct > 0
+    assert dropped >= 0.95 * distinct
