@@ -102,6 +102,9 @@ def load_options(command):
         click.option("--fill", type=click.Choice(["direct", "staged"]), default=None,
                      help="How a missed expert reaches its slot: read straight into it, or staged through a device "
                           "array (default: by backend, staged on CUDA)."),
+        option("--staged-load-size", default=load_default("staged_load_size"), show_default=True,
+               help="Staged fill: bytes per host-to-device load (whole experts); the disk reads the later loads "
+                    "while MLX copies the first. 0: one load per layer call."),
         option("--overlap/--no-overlap", default=load_default("overlap"), show_default=True,
                help="Launch each streamed layer's expert kernels at once, while Python builds the next layer "
                     "(one more eval per layer)."),
@@ -141,7 +144,8 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
                 prefetch=kw["prefetch"], page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
                 prefill_step_size=kw["prefill_step_size"], past_max_context=kw["past_max_context"],
                 kv_bits=kw.get("kv_bits"), kv_group_size=kw.get("kv_group_size") or 64, max_kv_size=kw.get("max_kv_size"),
-                fill=kw.get("fill"), overlap=kw["overlap"], optimistic=kw["optimistic"],
+                fill=kw.get("fill"), staged_load_size=kw["staged_load_size"],
+                overlap=kw["overlap"], optimistic=kw["optimistic"],
             )  # fmt: skip
             model, tokenizer = moe.load_with(store, options, group=group)
     except (StoreError, ValueError) as e:

@@ -70,10 +70,16 @@ def _fadvise(fd: int, offset: int, length: int, name: str) -> bool:
     return True
 
 
+WILLNEED_STEP = 128 << 10
+
+
 def advise_willneed(fd: int, offset: int, length: int) -> bool:
     """Ask the kernel to start reading [offset, offset+length) into the page cache now.
 
-    Length 0 means "to the end of the file" on Linux (POSIX) and nothing on macOS.
+    Length 0 means "to the end of the file" on Linux (POSIX, one call: the kernel may read
+    only its readahead window of it) and nothing on macOS. Linux caps each call at the
+    larger of the device's readahead window and its largest request, so a longer range
+    is asked for in `WILLNEED_STEP` pieces, a size under both on any device.
     """
     if length < 0:
         return False
@@ -84,7 +90,15 @@ def advise_willneed(fd: int, offset: int, length: int) -> bool:
             ok = _fcntl(fd, F_RDADVISE, _RADVISORY.pack(offset, count)) and ok
             offset, length = offset + count, length - count
         return ok
-    return _fadvise(fd, offset, length, "POSIX_FADV_WILLNEED")
+    if length == 0:
+        return _fadvise(fd, offset, 0, "POSIX_FADV_WILLNEED")
+    ok = True
+    end = offset + length
+    while offset < end:  # Linux reads at most one readahead window per call: ask in steps
+        step = min(end - offset, WILLNEED_STEP)
+        ok = _fadvise(fd, offset, step, "POSIX_FADV_WILLNEED") and ok
+        offset += step
+    return ok
 
 
 def advise_dontneed(fd: int, offset: int, length: int) -> bool:
@@ -97,7 +111,7 @@ def advise_dontneed(fd: int, offset: int, length: int) -> bool:
     if length < 0 or _darwin():
         return False
     if length:
-        length = -(-(offset + length) // mmap.PAGESIZE) * mmap.PAGESIZE - offset
+        length = -(-(offset + length) // page_size()) * page_size() - offset
     return _fadvise(fd, offset, length, "POSIX_FADV_DONTNEED")
 
 

@@ -8,13 +8,19 @@ can read an extent into a fresh device array and copy it into place with ordinar
 ops, ordered after every kernel already queued. The file-like object below serves an
 `.npy` header for a flat uint8 array followed by the extent's bytes, read with `preadv`
 from the store file straight into MLX's buffer.
+
+MLX's copy from pageable memory blocks the caller, and the reads cannot start before MLX
+has allocated the buffer they land in, so one load is read-then-copy with the disk idle
+during the copy. Several loads in turn, with every later load's extents handed to the OS
+to read ahead as soon as the first load's reads are queued, keep the disk busy while
+MLX copies.
 """
 
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 import mlx.core as mx
@@ -34,8 +40,9 @@ class _ExtentsFile(io.RawIOBase):
     """A read-only file: an `.npy` header, then the bytes of each (fd, offset, length) in turn."""
 
     def __init__(self, extents: Sequence[tuple[int, int, int, str]], pool: Executor | None, threads: int,
-                 min_part: int):  # fmt: skip
+                 min_part: int, after_queue: Callable[[], None] | None = None):  # fmt: skip
         super().__init__()
+        self._after_queue = after_queue  # called once, when the first reads are on their way
         self._extents = list(extents)
         self._length = sum(e[2] for e in self._extents)
         self._header = _npy_header(self._length)
@@ -94,13 +101,38 @@ class _ExtentsFile(io.RawIOBase):
                                                    self._threads, self._min_part):  # fmt: skip
                     jobs.append((fd, off, views, what))
             pos += length
-        if self._pool is None or len(jobs) == 1:
+        if self._pool is None or (len(jobs) == 1 and self._after_queue is None):
+            self._queued()
             for fd, offset, views, what in jobs:
                 osio.read_extent_into(fd, offset, views, what)
             return
         futures = [self._pool.submit(osio.read_extent_into, fd, off, views, what) for fd, off, views, what in jobs]
+        self._queued()
         for future in futures:
             future.result()
+
+    def _queued(self) -> None:
+        if self._after_queue is not None:
+            self._after_queue, call = None, self._after_queue
+            call()
+
+
+def group_loads(lengths: Sequence[int], load_size: int) -> list[int]:
+    """How many of the extents (in order) go in each load: whole extents, a load closed
+    once it holds `load_size` bytes; 0 puts them all in one load."""
+    counts, total = [], 0
+    for length in lengths:
+        if not counts or (load_size and total >= load_size):
+            counts.append(0)
+            total = 0
+        counts[-1] += 1
+        total += length
+    return counts
+
+
+def _read_ahead(extents: Sequence[tuple[int, int, int, str]]) -> None:
+    for fd, offset, length, _ in extents:
+        osio.advise_willneed(fd, offset, length)
 
 
 def read_to_device(
@@ -108,19 +140,31 @@ def read_to_device(
     pool: Executor | None,
     threads: int,
     min_part: int,
-) -> tuple[mx.array, float]:
-    """The bytes of each `(fd, offset, length, what)` extent, concatenated, as an evaluated
-    flat uint8 array on the device, and the seconds its file reads took (the rest of the
-    call is MLX's host-to-device copy).
+    load_size: int = 0,
+) -> tuple[list[tuple[mx.array, int]], float]:
+    """The bytes of each `(fd, offset, length, what)` extent on the device, as evaluated flat
+    uint8 arrays, each with how many of the extents (in order) it holds concatenated, and
+    the seconds the file reads took (the rest of the call is MLX's host-to-device copies).
 
-    One `mx.load` (one host-to-device copy, one wait) for all of them; the reads run on
-    `pool`, each split in up to `threads` parts of at least `min_part` bytes. A failed
-    read raises its `StoreError`, which names `what`.
+    One `mx.load` (one host-to-device copy) per `group_loads(..., load_size)`; the reads
+    run on `pool`, each split in up to `threads` parts of at least `min_part` bytes, and
+    the extents of every load after the first are read ahead by the OS (on `pool`) from
+    the moment the first load's reads are queued. A failed read raises its
+    `StoreError`, which names `what`.
     """
-    f = _ExtentsFile(extents, pool, threads, min_part)
-    try:
-        return mx.load(f, format="npy"), f.file_seconds
-    except RuntimeError:
-        if f.error is not None:
-            raise f.error from None
-        raise
+    counts = group_loads([x[2] for x in extents], load_size)
+    ahead = list(extents[counts[0]:]) if extents else []
+    kick = (lambda: pool.submit(_read_ahead, ahead)) if ahead and pool is not None else None
+    loads, seconds, start = [], 0.0, 0
+    for i, n in enumerate(counts):
+        f = _ExtentsFile(extents[start : start + n], pool, threads, min_part, kick if i == 0 else None)
+        try:
+            loads.append((mx.load(f, format="npy"), n))
+        except RuntimeError:
+            if f.error is not None:
+                raise f.error from None
+            raise
+        finally:
+            seconds += f.file_seconds
+        start += n
+    return loads, seconds

@@ -7,7 +7,8 @@ arrays inside the same mlx-lm module. Two ways to put a missed expert into its s
   expert's contiguous extent straight into the slot rows of every part (weight, scales,
   biases...), through the bank's host view. No staging copy, no page fault.
 - "staged" (a GPU with memory of its own: CUDA): the layer's missed extents are read into
-  one fresh device array (`mlxstore.staged`, a single host-to-device copy), then copied
+  fresh device arrays (`mlxstore.staged`: a few host-to-device copies, the disk reading
+  the next ones while MLX copies the first), then copied
   into the slots by MLX ops, ordered on the GPU stream after every kernel already queued.
   The banks stay in device memory: a host view would turn them into managed memory, where
   each host write migrates pages and each GPU read faults them back.
@@ -18,6 +19,7 @@ that needs it, and every kernel that read the slot's old expert was queued befor
 
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ class BankOptions:
     check: bool  # verify xxh3 of every expert read (costs a hash pass)
     fill: str  # "direct" or "staged" (see the module docstring)
     io_threads: int  # reads of one call run on this many threads of the pool
+    staged_load_size: int = 0  # staged fill: bytes per host-to-device load (0: one per call)
 
 
 class ExpertBank:
@@ -222,24 +225,27 @@ class ExpertBank:
             raise StoreError(f"{self.name}: reading expert {e} failed: {exc}") from exc
 
     def _stage(self, misses: list[tuple[int, int]]) -> None:
-        """All of a call's misses in one device array, then into their slots by MLX ops."""
+        """A call's misses in device arrays (a few loads, see `mlxstore.staged`), then into
+        their slots by MLX ops."""
         extents = [self.group.extents[e] for e, _ in misses]
-        raw, file_seconds = staged.read_to_device(
+        loads, file_seconds = staged.read_to_device(
             [(self.fds[x.shard], x.offset, x.length, f"{self.name} expert {e}") for x, (e, _) in zip(extents, misses)],
-            self.pool, self.options.io_threads, READ_PART)  # fmt: skip
+            self.pool, self.options.io_threads, READ_PART, self.options.staged_load_size)  # fmt: skip
         self.stats.file_seconds += file_seconds
-        base = 0
-        for (e, s), extent in zip(misses, extents):
-            for t, arr in zip(self.tensors, self.arrays):
-                piece = t.pieces[e]
-                start = base + piece.offset - extent.offset
-                part = raw[start : start + piece.length]
-                if self.options.check:
-                    _verify(t, e, memoryview(np.array(part)))
-                arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
-            if self.options.page_cache == "drop":
-                self._drop(extent)
-            base += extent.length
+        todo = iter(zip(misses, extents))
+        for raw, count in loads:
+            base = 0
+            for (e, s), extent in itertools.islice(todo, count):
+                for t, arr in zip(self.tensors, self.arrays):
+                    piece = t.pieces[e]
+                    start = base + piece.offset - extent.offset
+                    part = raw[start : start + piece.length]
+                    if self.options.check:
+                        _verify(t, e, memoryview(np.array(part)))
+                    arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
+                if self.options.page_cache == "drop":
+                    self._drop(extent)
+                base += extent.length
 
     # ------------------------------------------------------------ prefetch
 

@@ -26,6 +26,7 @@ from mlxstore.model import (
     load_weights,
     model_config,
 )
+from mlxstore.sizes import parse_size
 from mlxstore.store import Store
 from mlxstore.store import open as open_store
 from mlxstore.switches import find_switches
@@ -41,6 +42,7 @@ from .options import (
     DEFAULT_OVERLAP,
     DEFAULT_PAGE_CACHE,
     DEFAULT_PREFETCH,
+    DEFAULT_STAGED_LOAD_SIZE,
     LoadOptions,
     OptionError,
 )
@@ -81,6 +83,7 @@ def load(
     max_kv_size: int | None = None,
     past_max_context: str = DEFAULT_PAST_MAX_CONTEXT,
     fill: str | None = None,
+    staged_load_size: int | str = DEFAULT_STAGED_LOAD_SIZE,
     passes: str | None = None,
     overlap: bool = DEFAULT_OVERLAP,
     optimistic: bool = DEFAULT_OPTIMISTIC,
@@ -106,7 +109,9 @@ def load(
     passes max_context; "warn" logs once and goes on past the budget.
     fill: how a missed expert reaches its slot, "direct" (read into the slot's memory) or
     "staged" (read into a fresh device array, copied in by MLX); None picks by backend
-    (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
+    (moe.bank). staged_load_size: bytes (or "1MiB") per host-to-device load of the staged
+    fill; a call's misses go in loads of whole experts of about that size, the disk reading
+    the later ones while MLX copies the first (0: one load per call). passes: how a call needing more experts than slots runs, "full" or "rows"
     (moe.streaming; "rows" only on the CPU backend); None picks by backend. overlap:
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
     while Python builds the next layer, at the price of one more eval per layer (on by
@@ -124,7 +129,7 @@ def load(
         io_threads=io_threads, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
         prefill_step_size=prefill_step_size, kv_bits=kv_bits, kv_group_size=kv_group_size,
         max_kv_size=max_kv_size, past_max_context=past_max_context, fill=fill, passes=passes,
-        overlap=overlap, optimistic=optimistic,
+        staged_load_size=staged_load_size, overlap=overlap, optimistic=optimistic,
     )  # fmt: skip
     return load_with(store, options, group)
 
@@ -179,7 +184,8 @@ def _load(s: Store, o: LoadOptions, group):
         osio.set_nocache(fd, o.page_cache == "drop")
         osio.advise_random(fd)  # a miss is read in parallel parts: readahead would fetch each part's successor again
     fill = o.fill or default_fill_mode()
-    bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads)
+    bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads,
+                               staged_load_size=parse_size(o.staged_load_size))  # fmt: skip
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]

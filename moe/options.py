@@ -31,6 +31,9 @@ DEFAULT_OVERLAP = True
 # (moe.optimistic): one host sync per step instead of one per layer; a step that missed
 # runs again, and only steps after a clean one try (README, "Linux with an NVIDIA GPU").
 DEFAULT_OPTIMISTIC = True
+# Staged fill: a call's misses go to the device in loads of about this many bytes (whole
+# experts), so the disk reads the later loads while MLX copies the earlier ones (mlxstore.staged).
+DEFAULT_STAGED_LOAD_SIZE = "1MiB"
 DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
 
 
@@ -59,6 +62,7 @@ class LoadOptions:
     max_kv_size: int | None = None
     past_max_context: str = DEFAULT_PAST_MAX_CONTEXT
     fill: str | None = None  # None: by backend (moe.bank.default_fill_mode)
+    staged_load_size: int | str = DEFAULT_STAGED_LOAD_SIZE
     passes: str | None = None  # None: by backend (moe.streaming.default_pass_mode)
     overlap: bool = DEFAULT_OVERLAP
     optimistic: bool = DEFAULT_OPTIMISTIC
@@ -83,7 +87,7 @@ class LoadOptions:
             raise OptionError(f"page_cache must be 'keep' or 'drop', got {self.page_cache!r}")
         if self.policy != "default" and self.policy not in POLICIES:
             raise OptionError(f"policy: unknown policy {self.policy!r}; choose from {sorted(POLICIES)}")
-        for name in ("memory_budget", "headroom", "reserve"):
+        for name in ("memory_budget", "headroom", "reserve", "staged_load_size"):
             value = getattr(self, name)
             if value is not None:
                 try:

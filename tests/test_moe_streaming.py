@@ -66,11 +66,13 @@ def test_streamed_logits_bit_identical(models, arch):
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss", "deepseek_v3"])
-@pytest.mark.parametrize("fill, passes, overlap", [("staged", "full", False), ("direct", "full", True),
-                                                   ("direct", "rows", False), ("staged", "rows", True)])
-def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap):
+@pytest.mark.parametrize("fill, passes, overlap, load_size", [("staged", "full", False, 0), ("direct", "full", True, 0),
+                                                              ("direct", "rows", False, 0), ("staged", "rows", True, 1),
+                                                              ("staged", "full", True, 1)])  # fmt: skip
+def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, load_size):
     """Every way of filling slots, running passes and launching layers gives the resident
-    logits (the default of this backend runs in test_streamed_logits_bit_identical)."""
+    logits (the default of this backend runs in test_streamed_logits_bit_identical);
+    staged with load size 1 puts each expert in a load of its own."""
     if passes == "rows" and mx.default_device() != mx.cpu:
         pytest.skip("passes='rows' is exact only on the CPU backend (load refuses it elsewhere)")
     src, store = models[arch]
@@ -80,9 +82,10 @@ def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap):
         prompt = random_prompt(n, seed=seed)
         want = _logits_trace(resident, prompt, steps=4)
         for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2):
-            model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes, overlap=overlap)
+            model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes, overlap=overlap,
+                                staged_load_size=load_size)  # fmt: skip
             got = _logits_trace(model, prompt, steps=4)
-            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap} slots={slots}"
+            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap}/{load_size} slots={slots}"
 
 
 def test_overlap_launches_each_streamed_layer(models, monkeypatch):

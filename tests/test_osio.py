@@ -7,6 +7,7 @@ import mmap
 import os
 import struct
 import sys
+import time
 
 import mlx.core as mx
 import numpy as np
@@ -220,3 +221,52 @@ def test_split_reads_covers_the_range_in_order():
     for (off, views), nxt in zip(parts, parts[1:] + [(100 + 1015, [])]):
         assert off + sum(v.nbytes for v in views) == nxt[0]  # contiguous, no gap, no overlap
     assert split_reads(0, buffers, 16, 1 << 20) == [(0, [memoryview(b) for b in buffers])]
+
+
+def test_willneed_reads_past_one_readahead_window(tmp_path):
+    """Linux reads at most one readahead window per WILLNEED call (8 MiB on the dev VM):
+    a longer range must still come into the page cache whole."""
+    from bench.harness.rawdisk import cached_fraction
+
+    if sys.platform != "linux":
+        pytest.skip("Linux page cache")
+    path = tmp_path / "big.bin"
+    size = 40 << 20
+    path.write_bytes(os.urandom(size))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        osio.advise_dontneed(fd, 0, 0)
+        if cached_fraction(path) is None or cached_fraction(path) > 0.05:
+            pytest.skip("mincore unavailable or this filesystem keeps pages after DONTNEED")
+        osio.advise_random(fd)  # as the banks' descriptors are
+        want = 32 << 20
+        assert osio.advise_willneed(fd, 0, want)
+        for _ in range(100):  # the reads are asynchronous
+            if cached_fraction(path) >= 0.95 * want / size:
+                break
+            time.sleep(0.05)
+        assert cached_fraction(path) >= 0.95 * want / size
+    finally:
+        os.close(fd)
+
+
+def test_linux_willneed_asks_in_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(osio, "_darwin", lambda: False)
+    monkeypatch.setattr(osio, "_fadvise", lambda fd, off, n, what: calls.append((off, n, what)) or True)
+    assert osio.advise_willneed(3, 100, 2 * osio.WILLNEED_STEP + 5)
+    assert [(o, n) for o, n, _ in calls] == [(100, osio.WILLNEED_STEP), (100 + osio.WILLNEED_STEP, osio.WILLNEED_STEP),
+                                            (100 + 2 * osio.WILLNEED_STEP, 5)]  # fmt: skip
+    calls.clear()
+    assert osio.advise_willneed(3, 0, 0) and calls == [(0, 0, "POSIX_FADV_WILLNEED")]
+
+
+def test_dontneed_covers_the_partial_last_page(monkeypatch):
+    calls = []
+    monkeypatch.setattr(osio, "_darwin", lambda: False)
+    monkeypatch.setattr(osio, "_fadvise", lambda fd, off, n, what: calls.append((off, n)) or True)
+    p = osio.page_size()
+    osio.advise_dontneed(3, 4 * p, p + 1)
+    osio.advise_dontneed(3, 4 * p, 0)
+    assert calls == [(4 * p, 2 * p), (4 * p, 0)]

@@ -83,11 +83,13 @@ def reference(model_dir, store_dir):
     return store, prompts, [_logits(resident, p) for p in prompts]
 
 
-@pytest.mark.parametrize("fill", ["direct", "staged"])
+@pytest.mark.parametrize("fill, load_size", [("direct", 0), ("staged", 0), ("staged", 1)])
 @pytest.mark.parametrize("mode, match", [("eio", "Input/output error"), ("eof", "short read")])
-def test_fault_raises_leaves_banks_consistent_and_next_call_succeeds(reference, monkeypatch, mode, match, fill):
+def test_fault_raises_leaves_banks_consistent_and_next_call_succeeds(reference, monkeypatch, mode, match, fill,
+                                                                      load_size):  # fmt: skip
+    """A failed read (in any of a staged call's loads) empties the slots it was filling."""
     store, prompts, want = reference
-    model, _ = moe.load(store, slots_per_layer=4, fill=fill)
+    model, _ = moe.load(store, slots_per_layer=4, fill=fill, staged_load_size=load_size)
     assert np.array_equal(_logits(model, prompts[0]), want[0])
     fault = FaultyPreadv(mode, every=3)
     monkeypatch.setattr(os, "preadv", fault)

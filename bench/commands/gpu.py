@@ -265,6 +265,8 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         "50%-staged": (experts // 2, False, False, {"fill": "staged"}),
         "50%-direct": (experts // 2, False, False, {"fill": "direct"}),
         "25%-staged": (experts // 4, False, False, {"fill": "staged"}),
+        "25%-staged-oneload": (experts // 4, False, False, {"fill": "staged", "staged_load_size": 0}),
+        "25%-staged-8MiB": (experts // 4, False, False, {"fill": "staged", "staged_load_size": "8MiB"}),
         "25%-direct": (experts // 4, False, False, {"fill": "direct"}),
         "25%-host": (experts // 4, False, False, {"fill": "staged", "optimistic": False}),
     }
@@ -374,8 +376,9 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
 
     # Prompt: 512 tokens at 25% of the experts, expert-major passes, cold, vs resident.
     prompt_rows = []
+    read_once_s = None
     for r in range(rounds):
-        for name in [n for n in ("resident", "25%-staged") if n in models]:
+        for name in [n for n in models if n == "resident" or n.startswith("25%-staged")]:
             m = models[name]
             log = []
             if name != "resident":
@@ -386,13 +389,13 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
                 for b in _banks(m):
                     del b.fill
             prompt_rows.append({"config": name, "round": r, "seconds": seconds, **st, "extents": len(log)})
-            if name == "25%-staged" and r == 0:
+            if name.startswith("25%-staged") and r == 0 and read_once_s is None:
                 distinct = sorted(set(log))
                 raw = raw_read(distinct, threads=16, cold=True)
                 read_once_s = raw["seconds"]
     res_p = np.median([x["seconds"] for x in prompt_rows if x["config"] == "resident"])
     prompt = {}
-    for name in [n for n in ("25%-staged",) if n in models]:
+    for name in [n for n in models if n.startswith("25%-staged")]:
         s = float(np.median([x["seconds"] for x in prompt_rows if x["config"] == name]))
         bound_s = max(res_p, read_once_s)
         prompt[name] = {"tok_s": prompt_len / s, "resident_tok_s": prompt_len / res_p,
