@@ -33,7 +33,9 @@ DEFAULT_OVERLAP = True
 DEFAULT_OPTIMISTIC = True
 # Staged fill: a call's misses go to the device in loads of about this many bytes (whole
 # experts), so the disk reads the later loads while MLX copies the earlier ones (mlxstore.staged).
-DEFAULT_STAGED_LOAD_SIZE = "1MiB"
+# A decode call's few misses stay one load (each load has a cost of its own: one per expert
+# lost on the H200); a prompt's many go in several (README, "Linux with an NVIDIA GPU").
+DEFAULT_STAGED_LOAD_SIZE = "8MiB"
 DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
 
 
