@@ -103,8 +103,8 @@ def load_options(command):
                      help="How a missed expert reaches its slot: read straight into it, or staged through a device "
                           "array (default: by backend, staged on CUDA)."),
         option("--staged-load-size", default=load_default("staged_load_size"), show_default=True,
-               help="Staged fill: bytes per host-to-device load (whole experts); the disk reads the later loads "
-                    "while MLX copies the first. 0: one load per layer call."),
+               help="Staged fill: bytes of each of its two host buffers (at least the largest expert); the disk "
+                    "fills one while the GPU copies from the other."),
         option("--overlap/--no-overlap", default=load_default("overlap"), show_default=True,
                help="Launch each streamed layer's expert kernels at once, while Python builds the next layer "
                     "(one more eval per layer)."),

@@ -48,6 +48,8 @@ def print_summary(summary) -> None:
         echo(f"  headroom     {format_size(p.headroom_bytes)}")
         if p.reserved_bytes:
             echo(f"  reserved     {format_size(p.reserved_bytes)}")
+        if p.staging_bytes:
+            echo(f"  staging      {format_size(p.staging_bytes)} (host buffers of the staged fill)")
         echo(f"  total        {format_size(p.total_bytes)}")
     echo(f"minimum      {_size(summary.minimum)} (top-{s.top_k} slots per layer, smallest prefill step that fits)")
     echo(f"all experts  {_size(summary.all_experts)} (every expert resident, nothing streams)")

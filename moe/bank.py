@@ -7,11 +7,11 @@ arrays inside the same mlx-lm module. Two ways to put a missed expert into its s
   expert's contiguous extent straight into the slot rows of every part (weight, scales,
   biases...), through the bank's host view. No staging copy, no page fault.
 - "staged" (a GPU with memory of its own: CUDA): the layer's missed extents are read into
-  fresh device arrays (`mlxstore.staged`: a few host-to-device copies, the disk reading
-  the next ones while MLX copies the first), then copied
-  into the slots by MLX ops, ordered on the GPU stream after every kernel already queued.
-  The banks stay in device memory: a host view would turn them into managed memory, where
-  each host write migrates pages and each GPU read faults them back.
+  the model's host staging buffers (`mlxstore.staging`: loads of whole experts, the disk
+  filling one buffer while the GPU copies from the other), then copied into the slots by
+  MLX ops, ordered on the GPU stream after every kernel already queued. The banks stay in
+  device memory: a host view would turn them into managed memory, where each host write
+  migrates pages and each GPU read faults them back.
 
 Either way a slot is written only after the host has seen the router ids of the call
 that needs it, and every kernel that read the slot's old expert was queued before that.
@@ -19,7 +19,6 @@ that needs it, and every kernel that read the slot's old expert was queued befor
 
 from __future__ import annotations
 
-import itertools
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_unflatten
 
-from mlxstore import osio, staged
+from mlxstore import osio
 from mlxstore.buffers import MX_DTYPES
 from mlxstore.formats import ChecksumError, ExpertGroup, StoreError, Tensor
 from mlxstore.formats.layout import xxh3
+from mlxstore.sizes import parse_size
+from mlxstore.staging import HostStaging, StagingBuffer, pack_loads, staging_bytes
 
 from .policy import SlotPolicy
 from .stats import LayerStats
@@ -46,6 +47,14 @@ def default_fill_mode() -> str:
     return "staged" if mx.default_device() == mx.gpu and not mx.metal.is_available() else "direct"
 
 
+def staging_bytes_for(fill: str | None, load_size: int | str, largest: int) -> int:
+    """Host memory a model's staged fill holds for good (`fill` None: this backend's; direct
+    fill holds none), with `largest` the largest expert extent of the model."""
+    if (fill or default_fill_mode()) != "staged":
+        return 0
+    return staging_bytes(parse_size(load_size), largest)
+
+
 @dataclass(frozen=True)
 class BankOptions:
     """How a bank reads; `moe.load` holds the defaults."""
@@ -54,7 +63,6 @@ class BankOptions:
     check: bool  # verify xxh3 of every expert read (costs a hash pass)
     fill: str  # "direct" or "staged" (see the module docstring)
     io_threads: int  # reads of one call run on this many threads of the pool
-    staged_load_size: int = 0  # staged fill: bytes per host-to-device load (0: one per call)
 
 
 class ExpertBank:
@@ -70,6 +78,7 @@ class ExpertBank:
         fds: list[int],
         pool: Executor,
         options: BankOptions,
+        staging: HostStaging | None = None,
     ):
         self.name = name
         self.group = group
@@ -80,6 +89,9 @@ class ExpertBank:
         self.fds = fds
         self.pool = pool
         self.options = options
+        if options.fill == "staged" and staging is None:
+            raise ValueError("a staged bank needs the model's HostStaging")
+        self.staging = staging
         self.stats = LayerStats()
         self.predicted: set[int] = set()
         # Once every expert is resident for good: expert -> slot on the device, or
@@ -225,27 +237,65 @@ class ExpertBank:
             raise StoreError(f"{self.name}: reading expert {e} failed: {exc}") from exc
 
     def _stage(self, misses: list[tuple[int, int]]) -> None:
-        """A call's misses in device arrays (a few loads, see `mlxstore.staged`), then into
-        their slots by MLX ops."""
+        """A call's misses through the model's staging buffers (`mlxstore.staging`), in loads
+        of whole experts: the reads of the next load run while the GPU copies this one."""
         extents = [self.group.extents[e] for e, _ in misses]
-        loads, file_seconds = staged.read_to_device(
-            [(self.fds[x.shard], x.offset, x.length, f"{self.name} expert {e}") for x, (e, _) in zip(extents, misses)],
-            self.pool, self.options.io_threads, READ_PART, self.options.staged_load_size)  # fmt: skip
-        self.stats.file_seconds += file_seconds
-        todo = iter(zip(misses, extents))
-        for raw, count in loads:
-            base = 0
-            for (e, s), extent in itertools.islice(todo, count):
-                for t, arr in zip(self.tensors, self.arrays):
-                    piece = t.pieces[e]
-                    start = base + piece.offset - extent.offset
-                    part = raw[start : start + piece.length]
-                    if self.options.check:
-                        _verify(t, e, memoryview(np.array(part)))
-                    arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
-                if self.options.page_cache == "drop":
-                    self._drop(extent)
-                base += extent.length
+        counts = pack_loads([x.length for x in extents], self.staging.capacity)
+        loads, start = [], 0
+        for n in counts:
+            loads.append(list(zip(misses[start : start + n], extents[start : start + n])))
+            start += n
+        if len(loads) > 2:  # the disk's queue: loads past the next one, read ahead by the OS
+            self.pool.submit(self._read_ahead, [x for load in loads[2:] for _, x in load])
+        queued = [self._read_load(loads[0])]
+        try:
+            for i, load in enumerate(loads):
+                if i + 1 < len(loads):
+                    queued.append(self._read_load(loads[i + 1]))
+                buf, futures = queued[i]
+                began = time.perf_counter()
+                for future in futures:
+                    future.result()
+                self.stats.file_seconds += time.perf_counter() - began
+                self._copy_load(buf, load)
+                if i + 1 < len(loads):  # the GPU copies this load while the next one is read
+                    mx.async_eval(buf.readers)
+        finally:  # no read may still be landing in a buffer once this returns or raises
+            for _, futures in queued:
+                for future in futures:
+                    future.exception()
+
+    def _read_load(self, load) -> tuple[StagingBuffer, list]:
+        """Take a staging buffer and queue the reads of one load's extents into it."""
+        buf = self.staging.take()
+        futures, base = [], 0
+        for (e, _), extent in load:
+            fd, what = self.fds[extent.shard], f"{self.name} expert {e}"
+            view = buf.view[base : base + extent.length]
+            futures += [self.pool.submit(osio.read_extent_into, fd, off, views, what)
+                        for off, views in osio.split_reads(extent.offset, [view], self.options.io_threads, READ_PART)]  # fmt: skip
+            base += extent.length
+        return buf, futures
+
+    def _copy_load(self, buf: StagingBuffer, load) -> None:
+        """Queue the copies of one read load from its buffer into the slots (MLX ops)."""
+        buf.readers = list(self.arrays)  # before any copy is queued: a failure below still waits
+        base = 0
+        for (e, s), extent in load:
+            for t, arr in zip(self.tensors, self.arrays):
+                piece = t.pieces[e]
+                start = base + piece.offset - extent.offset
+                if self.options.check:
+                    _verify(t, e, buf.view[start : start + piece.length])
+                part = buf.array[start : start + piece.length]
+                arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
+            if self.options.page_cache == "drop":
+                self._drop(extent)
+            base += extent.length
+
+    def _read_ahead(self, extents) -> None:
+        for x in extents:
+            osio.advise_willneed(self.fds[x.shard], x.offset, x.length)
 
     # ------------------------------------------------------------ prefetch
 

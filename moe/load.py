@@ -27,12 +27,13 @@ from mlxstore.model import (
     model_config,
 )
 from mlxstore.sizes import parse_size
+from mlxstore.staging import HostStaging, buffer_bytes
 from mlxstore.store import Store
 from mlxstore.store import open as open_store
 from mlxstore.switches import find_switches
 
 from . import pipeline
-from .bank import BankOptions, ExpertBank, default_fill_mode
+from .bank import BankOptions, ExpertBank, default_fill_mode, staging_bytes_for
 from .context import guard as guard_context
 from .optimistic import Optimism
 from .optimistic import install as install_optimism
@@ -56,7 +57,7 @@ from .plan import (
     make_plan,
 )
 from .policy import DEFAULT_POLICY, make_policy
-from .spec import latent_kv, store_itemsize, store_sizes
+from .spec import largest_extent, latent_kv, store_itemsize, store_sizes
 from .stats import StreamStats
 from .streaming import NextLayer, StreamingExperts, default_pass_mode
 
@@ -108,10 +109,11 @@ def load(
     past_max_context: "stop" (default) raises `moe.ContextLimitError` before the context
     passes max_context; "warn" logs once and goes on past the budget.
     fill: how a missed expert reaches its slot, "direct" (read into the slot's memory) or
-    "staged" (read into a fresh device array, copied in by MLX); None picks by backend
-    (moe.bank). staged_load_size: bytes (or "1MiB") per host-to-device load of the staged
-    fill; a call's misses go in loads of whole experts of about that size, the disk reading
-    the later ones while MLX copies the first (0: one load per call). passes: how a call needing more experts than slots runs, "full" or "rows"
+    "staged" (read into a host staging buffer, copied in by MLX on the GPU); None picks by
+    backend (moe.bank). staged_load_size: bytes (or "8MiB") of each of the staged fill's two
+    host buffers, raised to the largest expert if smaller (the plan counts them); a call's
+    misses go in loads of whole experts that fill a buffer, the disk filling one while the
+    GPU copies from the other (mlxstore.staging). passes: how a call needing more experts than slots runs, "full" or "rows"
     (moe.streaming; "rows" only on the CPU backend); None picks by backend. overlap:
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
     while Python builds the next layer, at the price of one more eval per layer (on by
@@ -173,7 +175,10 @@ def _load(s: Store, o: LoadOptions, group):
     dense = [n for n in names if s.index.tensors[n].expert_group is None]
     check_complete(model, names)
     check_shapes(model, s, names)
-    plan = _plan(s, sites, dense, config, o, model)
+    fill = o.fill or default_fill_mode()
+    load_size = parse_size(o.staged_load_size)
+    largest = largest_extent(s, sites)
+    plan = _plan(s, sites, dense, config, o, model, staging_bytes_for(fill, load_size, largest))
     log.info(plan.describe())
     load_weights(model, s, dense, check=o.check)
 
@@ -183,16 +188,15 @@ def _load(s: Store, o: LoadOptions, group):
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
         osio.set_nocache(fd, o.page_cache == "drop")
         osio.advise_random(fd)  # a miss is read in parallel parts: readahead would fetch each part's successor again
-    fill = o.fill or default_fill_mode()
-    bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads,
-                               staged_load_size=parse_size(o.staged_load_size))  # fmt: skip
+    bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads)
+    host_staging = HostStaging(buffer_bytes(load_size, largest)) if fill == "staged" else None
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]
         tensors = [s.index.tensors[n] for n in expert_group.tensors]
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
                           make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
-                          fds, pool, bank_options)  # fmt: skip
+                          fds, pool, bank_options, host_staging)  # fmt: skip
         wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, o.overlap)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
@@ -227,7 +231,7 @@ def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
         os.close(fd)
 
 
-def _plan(s: Store, sites, dense, config, o: LoadOptions, model: nn.Module) -> Plan:
+def _plan(s: Store, sites, dense, config, o: LoadOptions, model: nn.Module, staging: int) -> Plan:
     dense_bytes, per_slot, num_experts, top_k = store_sizes(s, sites, dense)
     return make_plan(
         budget=o.memory_budget,
@@ -244,6 +248,7 @@ def _plan(s: Store, sites, dense, config, o: LoadOptions, model: nn.Module) -> P
         reserve=o.reserve,
         prefill_step_size=o.prefill_step_size,
         cache=_cache(o, latent_kv(model)),
+        staging=staging,
     )
 
 

@@ -31,10 +31,10 @@ DEFAULT_OVERLAP = True
 # (moe.optimistic): one host sync per step instead of one per layer; a step that missed
 # runs again, and only steps after a clean one try (README, "Linux with an NVIDIA GPU").
 DEFAULT_OPTIMISTIC = True
-# Staged fill: a call's misses go to the device in loads of about this many bytes (whole
-# experts), so the disk reads the later loads while MLX copies the earlier ones (mlxstore.staged).
-# A decode call's few misses stay one load (each load has a cost of its own: one per expert
-# lost on the H200); a prompt's many go in several (README, "Linux with an NVIDIA GPU").
+# Staged fill: bytes of each of the two host buffers a call's misses are read into (whole
+# experts per load), so the disk fills one while the GPU copies from the other
+# (mlxstore.staging). A decode call's few misses fit one; a prompt's many take turns
+# (README, "Linux with an NVIDIA GPU").
 DEFAULT_STAGED_LOAD_SIZE = "8MiB"
 DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
 
@@ -98,5 +98,7 @@ class LoadOptions:
                     raise OptionError(f"{name}: {e}") from None
         if isinstance(self.io_threads, bool) or not isinstance(self.io_threads, int) or self.io_threads < 1:
             raise OptionError(f"io_threads must be an integer >= 1, got {self.io_threads!r}")
+        if self.staged_load_size is not None and parse_size(self.staged_load_size) < 1:
+            raise OptionError(f"staged_load_size must be at least 1 byte, got {self.staged_load_size!r}")
         # slots_per_layer and the budget's size against the model are the plan's to check
         # (moe/plan.py): they need the store.

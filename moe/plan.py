@@ -43,6 +43,7 @@ class Plan:
     reserved_bytes: int = 0  # kept for a caller's own use, e.g. the server's prompt cache
     prefill_step_size: int = MAX_PREFILL_STEP  # prompt tokens per forward pass generation must use
     activation_bytes: int = 0  # prefill temporaries at prefill_step_size and max_context
+    staging_bytes: int = 0  # host buffers a staged fill reads misses into (mlxstore.staging)
 
     @property
     def bank_bytes(self) -> int:
@@ -51,11 +52,12 @@ class Plan:
     @property
     def total_bytes(self) -> int:
         return (self.dense_bytes + self.bank_bytes + self.kv_bytes + self.activation_bytes + self.headroom_bytes
-                + self.reserved_bytes)  # fmt: skip
+                + self.reserved_bytes + self.staging_bytes)  # fmt: skip
 
     def describe(self) -> str:
         budget = format_size(self.budget) if self.budget is not None else "none"
         reserved = f" + reserved {format_size(self.reserved_bytes)}" if self.reserved_bytes else ""
+        reserved += f" + staging {format_size(self.staging_bytes)}" if self.staging_bytes else ""
         return (
             f"mlxstore plan: dense {format_size(self.dense_bytes)} + experts "
             f"{self.slots_per_layer}/{self.num_experts} slots x {self.num_layers} layers "
@@ -248,18 +250,20 @@ def make_plan(
     reserve: int | str = 0,
     prefill_step_size: int | None = None,
     cache: CacheOptions = CacheOptions(),
+    staging: int = 0,
 ) -> Plan:
     """Slots per layer and prefill step for a budget (or the given ones), with a clear error when too small.
 
     The step is the largest power of two up to MAX_PREFILL_STEP whose activations fit in
     ACTIVATION_SHARE of what dense + KV + top-k slots + headroom leave (at least 1); the
     rest buys slots. A caller's `prefill_step_size` is taken as given and must fit.
+    `staging` is what a staged fill's host buffers hold (`moe.bank.staging_bytes_for`).
     """
     from mlxstore.formats import StoreError
 
     if prefill_step_size is not None and prefill_step_size < 1:
         raise StoreError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
-    reserved = parse_size(reserve)
+    reserved = parse_size(reserve) + staging  # both are fixed costs the plan works around
     budget_bytes = parse_size(budget) if budget is not None else None
     if budget_bytes is None and slots_per_layer is None:
         budget_bytes = available_memory()
@@ -299,7 +303,8 @@ def make_plan(
             typed = budget is not None  # state the minimum in the unit the user wrote
             shown = str(budget).strip() if typed else format_size(budget_bytes)
             need = format_in(minimum, unit_of(budget)) if typed else format_size(minimum)
-            kept = f" + reserved {format_size(reserved)}" if reserved else ""
+            kept = f" + reserved {format_size(reserved - staging)}" if reserved - staging else ""
+            kept += f" + staging {format_size(staging)}" if staging else ""
             raise StoreError(
                 f"memory budget {shown} is too small: at least {need} "
                 f"is needed (dense {format_size(dense_bytes)} + {top_k} slots x {num_layers} layers "
@@ -308,7 +313,7 @@ def make_plan(
                 f"+ headroom {format_size(head)}{kept})"
             )
     return Plan(budget_bytes, dense_bytes, expert_bytes, num_layers, num_experts, top_k, slots, kv, head, max_context,
-                reserved, step, act)  # fmt: skip
+                reserved - staging, step, act, staging)  # fmt: skip
 
 
 def smallest_budget(plan_at, good=lambda plan: True, high: int = 1 << 50) -> int | None:

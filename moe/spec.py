@@ -20,8 +20,11 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxstore.formats import DTYPE_SIZES, StoreError
+from mlxstore.formats.layout import PART_ALIGNMENT
 from mlxstore.switches import find_switches
 
+from .bank import staging_bytes_for
+from .options import DEFAULT_STAGED_LOAD_SIZE
 from .plan import CacheOptions, Plan, make_plan
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -42,6 +45,7 @@ class ModelSpec:
     itemsize: int
     latent_kv: bool  # the attention caches a compressed latent (multi-head latent attention)
     quantization: str  # a short description, e.g. "affine 4-bit g64"
+    largest_expert_bytes: int = 0  # the largest one expert of one layer takes on disk (its extent)
 
     @property
     def model_type(self) -> str:
@@ -53,12 +57,15 @@ class ModelSpec:
 
     def plan(self, budget: int | str | None, **kw) -> Plan:
         """`make_plan` for this model; kw: max_context, headroom, slots_per_layer, reserve,
-        prefill_step_size, and `kv_bits`, `kv_group_size`, `max_kv_size` for the cache."""
+        prefill_step_size, `kv_bits`, `kv_group_size`, `max_kv_size` for the cache, and
+        `fill`, `staged_load_size` as `moe.load` takes them (None: this backend's fill)."""
         cache = CacheOptions(kv_bits=kw.pop("kv_bits", None), kv_group_size=kw.pop("kv_group_size", 64),
                              max_kv_size=kw.pop("max_kv_size", None), latent=self.latent_kv)  # fmt: skip
+        staging = staging_bytes_for(kw.pop("fill", None), kw.pop("staged_load_size", DEFAULT_STAGED_LOAD_SIZE),
+                                    self.largest_expert_bytes)  # fmt: skip
         return make_plan(budget=budget, dense_bytes=self.dense_bytes, expert_bytes=self.expert_bytes,
                          num_layers=self.num_layers, num_experts=self.num_experts, top_k=self.top_k,
-                         config=self.config, itemsize=self.itemsize, cache=cache, **kw)  # fmt: skip
+                         config=self.config, itemsize=self.itemsize, cache=cache, staging=staging, **kw)  # fmt: skip
 
 
 def latent_kv(model: nn.Module) -> bool:
@@ -67,14 +74,21 @@ def latent_kv(model: nn.Module) -> bool:
     return any(name.endswith("embed_q") for name, _ in model.named_modules())
 
 
-def _switch_sizes(sites, nbytes: dict[str, int], experts_of) -> tuple[int, int, int]:
-    per_slot = 0
+def _switch_sizes(sites, nbytes: dict[str, int], experts_of) -> tuple[int, int, int, int]:
+    per_slot, largest = 0, 0
     for site in sites:
         names = [n for n in nbytes if n.startswith(site.path + ".")]
-        per_slot += sum(nbytes[n] for n in names) // experts_of(site)
+        one = sum(nbytes[n] for n in names) // experts_of(site)
+        per_slot += one
+        largest = max(largest, one + PART_ALIGNMENT * len(names))  # as `pack` lays an extent out
     num_experts = max(experts_of(site) for site in sites)
     top_k = max((site.top_k or 1) for site in sites)
-    return per_slot, num_experts, top_k
+    return per_slot, num_experts, top_k, largest
+
+
+def largest_extent(store, sites) -> int:
+    """Bytes of the largest one expert of one streamed layer on disk."""
+    return max((x.length for site in sites for x in store.expert_groups[site.path].extents), default=0)
 
 
 def store_sizes(store, sites, dense: list[str]) -> tuple[int, int, int, int]:
@@ -107,7 +121,7 @@ def from_store(store) -> ModelSpec:
     dense_bytes, per_slot, experts, top_k = store_sizes(store, sites, dense)
     q = _describe_quantization({p: dict(v) for p, v in (store.quantization or {}).items()})
     return ModelSpec(str(store.path), config, dense_bytes, per_slot, len(sites), experts, top_k,
-                     store_itemsize(store), latent_kv(model), q)  # fmt: skip
+                     store_itemsize(store), latent_kv(model), q, largest_extent(store, sites))  # fmt: skip
 
 
 def _describe_quantization(per_module: dict[str, dict]) -> str:
@@ -187,13 +201,13 @@ def from_config(config: dict, source: str = "config") -> ModelSpec:
     def experts_of(site) -> int:
         return next(v.shape[0] for k, v in tree_flatten(site.module.parameters()) if v.ndim >= 3)
 
-    per_slot, experts, top_k = _switch_sizes(sites, nbytes, experts_of)
+    per_slot, experts, top_k, largest = _switch_sizes(sites, nbytes, experts_of)
     expert_names = {n for n in nbytes for site in sites if n.startswith(site.path + ".")}
     dense_bytes = sum(b for n, b in nbytes.items() if n not in expert_names)
     floats = {v.dtype.size for k, v in tree_flatten(model.parameters())
               if k not in expert_names and mx.issubdtype(v.dtype, mx.floating)}  # fmt: skip
     return ModelSpec(source, config, dense_bytes, per_slot, len(sites), experts, top_k,
-                     min(floats, default=2), latent_kv(model), _describe_quantization(applied))  # fmt: skip
+                     min(floats, default=2), latent_kv(model), _describe_quantization(applied), largest)  # fmt: skip
 
 
 def read_config(source: str | os.PathLike) -> tuple[dict, str] | None:

@@ -46,10 +46,12 @@ def built(tmp_path_factory):
 
 def _budget(store) -> int:
     """Dense + KV + a quarter of the experts + activations of a 32-token step (twice, for
-    the plan's share) + headroom: a budget where experts stream and the step is a choice."""
+    the plan's share) + headroom + this backend's staging buffers (none for direct fill):
+    a budget where experts stream and the step is a choice."""
     spec = spec_of(store)
     at = spec.plan(None, max_context=MAX_CONTEXT, headroom=HEADROOM, slots_per_layer=1, prefill_step_size=32)
-    return spec.dense_bytes + at.kv_bytes + spec.all_expert_bytes // 4 + 2 * at.activation_bytes + HEADROOM
+    return (spec.dense_bytes + at.kv_bytes + spec.all_expert_bytes // 4 + 2 * at.activation_bytes + HEADROOM
+            + at.staging_bytes)  # fmt: skip
 
 
 def _prompt(n: int) -> list[int]:

@@ -83,7 +83,7 @@ def reference(model_dir, store_dir):
     return store, prompts, [_logits(resident, p) for p in prompts]
 
 
-@pytest.mark.parametrize("fill, load_size", [("direct", 0), ("staged", 0), ("staged", 1)])
+@pytest.mark.parametrize("fill, load_size", [("direct", "8MiB"), ("staged", "8MiB"), ("staged", 1)])
 @pytest.mark.parametrize("mode, match", [("eio", "Input/output error"), ("eof", "short read")])
 def test_fault_raises_leaves_banks_consistent_and_next_call_succeeds(reference, monkeypatch, mode, match, fill,
                                                                       load_size):  # fmt: skip

@@ -265,8 +265,8 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         "50%-staged": (experts // 2, False, False, {"fill": "staged"}),
         "50%-direct": (experts // 2, False, False, {"fill": "direct"}),
         "25%-staged": (experts // 4, False, False, {"fill": "staged"}),
-        "25%-staged-oneload": (experts // 4, False, False, {"fill": "staged", "staged_load_size": 0}),
-        "25%-staged-8MiB": (experts // 4, False, False, {"fill": "staged", "staged_load_size": "8MiB"}),
+        "25%-staged-perexpert": (experts // 4, False, False, {"fill": "staged", "staged_load_size": 1}),
+        "25%-staged-32MiB": (experts // 4, False, False, {"fill": "staged", "staged_load_size": "32MiB"}),
         "25%-direct": (experts // 4, False, False, {"fill": "direct"}),
         "25%-host": (experts // 4, False, False, {"fill": "staged", "optimistic": False}),
     }
@@ -449,7 +449,8 @@ def _markdown(rep: dict) -> str:
         lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
     parts = ["total", "sync", "host", "graph", "file", "copy", "rest"]
     lines += ["", "Where a token's time goes, ms per token (sync: waiting for the router's ids; host: the layer's own "
-              "work; graph: building and launching; file: miss reads; copy: into device memory; rest: the model "
+              "work; graph: building and launching; file: waiting for miss reads; copy: queuing the copies into slots "
+              "(staged) and waiting for a staging buffer; rest: the model "
               "around the experts, on the GPU and in Python):", "",
               "| config | phase | " + " | ".join(parts) + " |", "|" + "---|" * (len(parts) + 2)]  # fmt: skip
     for r in rep["decode"]:

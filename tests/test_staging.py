@@ -1,0 +1,118 @@
+"""mlxstore.staging and mlxstore.cudamem: host buffers the staged fill reads misses into."""
+
+from __future__ import annotations
+
+import ctypes
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxstore import cudamem, moe, staging
+from mlxstore.moe.spec import spec_of
+
+
+def test_pack_loads_takes_whole_extents_that_fit():
+    assert staging.pack_loads([5, 5, 5], 15) == [3]
+    assert staging.pack_loads([5, 5, 5], 5) == [1, 1, 1]
+    assert staging.pack_loads([4, 4, 4, 4, 4], 8) == [2, 2, 1]
+    assert staging.pack_loads([6, 1, 1, 7], 8) == [3, 1]
+    assert staging.pack_loads([], 8) == []
+    with pytest.raises(ValueError, match="extent of 9 bytes"):
+        staging.pack_loads([4, 9], 8)
+
+
+def test_buffers_hold_the_largest_expert_at_least():
+    assert staging.buffer_bytes(8 << 20, 1 << 20) == 8 << 20
+    assert staging.buffer_bytes(1, 3 << 20) == 3 << 20
+    assert staging.staging_bytes(1, 3 << 20) == staging.BUFFERS * (3 << 20)
+
+
+def test_a_buffer_is_rewritten_only_after_its_copies_ran():
+    """A lazy copy out of a buffer must see the bytes it was queued for, even when the
+    buffer comes round again and is overwritten before anyone evaluates the copy."""
+    host = staging.HostStaging(64)
+    first = host.take()
+    first.view[:] = bytes(range(64))
+    copy = first.array[:16] + 0  # lazy: reads the buffer when evaluated
+    first.readers = [copy]
+    for _ in range(staging.BUFFERS):
+        buf = host.take()
+    assert buf is first
+    buf.view[:16] = b"\xff" * 16
+    assert np.array(copy).tolist() == list(range(16))
+
+
+def test_prefer_host_does_nothing_off_cuda():
+    assert mx.default_device() == mx.cpu
+    host = staging.HostStaging(4096)
+    assert host.advised is False and host.nbytes == staging.BUFFERS * 4096
+
+
+class FakeRuntime:
+    """Records what would reach libcudart."""
+
+    def __init__(self, version: int, v2: bool = True):
+        self.version, self.calls = version, []
+        self.cudaMemAdvise = self._entry("cudaMemAdvise")
+        if v2:
+            self.cudaMemAdvise_v2 = self._entry("cudaMemAdvise_v2")
+
+    def _entry(self, name):
+        def call(address, nbytes, advice, location):
+            self.calls.append((name, address, nbytes, advice, location.type, location.id))
+            return 0
+
+        return call
+
+    def cudaRuntimeGetVersion(self, out):
+        ctypes.cast(out, ctypes.POINTER(ctypes.c_int))[0] = self.version
+        return 0
+
+    def cudaGetDevice(self, out):
+        ctypes.cast(out, ctypes.POINTER(ctypes.c_int))[0] = 3
+        return 0
+
+
+@pytest.mark.parametrize("version, entry", [(13000, "cudaMemAdvise"), (12080, "cudaMemAdvise_v2")])
+def test_prefer_host_asks_host_residence_and_device_mapping(version, entry):
+    runtime = FakeRuntime(version)
+    view = memoryview(bytearray(8192))
+    assert cudamem.prefer_host(view, runtime) is True
+    address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    assert runtime.calls == [
+        (entry, address, 8192, cudamem.SET_PREFERRED_LOCATION, cudamem.LOCATION_HOST, 0),
+        (entry, address, 8192, cudamem.SET_ACCESSED_BY, cudamem.LOCATION_DEVICE, 3),
+    ]
+
+
+def test_an_old_runtime_without_located_advice_is_left_alone():
+    runtime = FakeRuntime(11080, v2=False)
+    assert cudamem.prefer_host(memoryview(bytearray(16)), runtime) is False
+    assert runtime.calls == []
+
+
+def test_loaded_runtime_reads_the_process_mappings(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /nowhere/libcudart.so.13\n7f02-7f03 r-xp 0 08:01 2 /usr/lib/libc.so.6\n")
+    assert cudamem.loaded_runtime(str(maps)) is None  # listed but not loadable: nothing
+    assert cudamem.loaded_runtime(str(tmp_path / "absent")) is None
+
+
+def test_plan_counts_the_staging_buffers(store_dir):
+    """moe.load's plan and `mlxstore plan`'s agree on what the staged fill holds."""
+    store = store_dir("qwen3_moe")
+    kw = {"memory_budget": "4MiB", "headroom": "256KiB", "max_context": 256}
+    direct, _ = moe.load(store, fill="direct", **kw)
+    staged, _ = moe.load(store, fill="staged", staged_load_size="1MiB", **kw)
+    pd, ps = moe.plan_of(direct), moe.plan_of(staged)
+    spec = spec_of(store)
+    largest = spec.largest_expert_bytes
+    assert largest > 0 and pd.staging_bytes == 0
+    assert ps.staging_bytes == staging.staging_bytes(1 << 20, largest)
+    assert ps.total_bytes <= ps.budget and ps.slots_per_layer < pd.slots_per_layer
+    assert spec.plan(kw["memory_budget"], headroom="256KiB", max_context=256, fill="staged", staged_load_size="1MiB") == ps
+    assert spec.plan(kw["memory_budget"], headroom="256KiB", max_context=256, fill="direct") == pd
+    banks = [m.bank for _, m in staged.named_modules() if hasattr(m, "bank")]
+    assert banks[0].staging.nbytes == ps.staging_bytes and all(b.staging is banks[0].staging for b in banks)
+    assert largest == max(x.length for b in banks for x in b.group.extents)
