@@ -11,7 +11,6 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +110,7 @@ def load_weights(model: nn.Module, store: Store, names: Iterable[str], *, check:
     """Materialize `names` from the store into the model (strictly: every name must exist)."""
     names = list(names)
     check_shapes(model, store, names)
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:  # preadv releases the GIL
-        arrays = list(pool.map(lambda n: store.array(n, check=check), names))
-    weights = list(zip(names, arrays))
+    weights = list(zip(names, store.arrays(names, check=check, threads=READ_THREADS)))  # preadv releases the GIL
     model.load_weights(weights, strict=False)
     mx.eval([w for _, w in weights])
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import mlx.core as mx
@@ -158,23 +160,54 @@ class Store:
         """Materialize one tensor as an evaluated `mx.array` (see the module docstring)."""
         return self.materialize(name, check)[0]
 
+    def arrays(self, names: Iterable[str], check: bool = False, threads: int = 1) -> list[mx.array]:
+        """Materialize many tensors, their reads on `threads` threads.
+
+        Only the reads leave the calling thread: MLX streams belong to the thread that
+        made them (MLX >= 0.31.2), so an array allocated or evaluated on a pool thread is
+        made on that thread's own stream, and on CUDA using it from another thread after
+        the pool is gone faults the GPU. Allocation and finishing stay here.
+        """
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            started = []
+            for name in names:
+                pending = self.begin(name, check)
+                started.append((pending, pool.submit(pending.fill)))
+            for _, future in started:  # every read has ended before anything is raised
+                future.exception()
+            return [pending.finish(future)[0] for pending, future in started]
+
     def materialize(self, name: str, check: bool = False) -> tuple[mx.array, int]:
         """The tensor as an array, and how many bytes were read from the files for it.
 
         `check` verifies each piece's xxh3 and raises ChecksumError naming the tensor (and
         expert) on mismatch.
         """
+        pending = self.begin(name, check)
+        pending.fill()
+        return pending.finish()
+
+    def begin(self, name: str, check: bool = False) -> PendingTensor:
+        """A tensor's memory, allocated (or its mapping wrapped) on this thread; its
+        `fill` moves bytes only and may run on any thread, `finish` runs here again."""
         self._check_open()
         t = self.tensor(name)
         if t.nbytes == 0:
-            return buffers.empty_tensor(t.dtype, t.shape), 0
+            return PendingTensor(t, buffers.empty_tensor(t.dtype, t.shape))
         if t.encoding == "zstd":
-            return self._read_zstd(t, check), t.stored_bytes
+            p = t.pieces[0]
+            data = self._reader.read_piece(p, _piece_name(t, 0), check)
+            check_zstd_frame(data, t)  # before allocating what the index claims
+            raw, view = buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape))
+            return PendingTensor(t, raw, lambda: _decompress_into(data, view, t), t.stored_bytes)
         if self.zero_copy and t.expert_group is None:
             arr = self._wrap(t, check)
             if arr is not None:
-                return arr, 0
+                return PendingTensor(t, arr, reads=0)
         raw, view = buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape))
+        return PendingTensor(t, raw, lambda: self._read_pieces(t, view, check), t.stored_bytes)
+
+    def _read_pieces(self, t: Tensor, view: memoryview, check: bool) -> None:
         pos = 0
         for i, p in enumerate(t.pieces):
             part = view[pos : pos + p.length]
@@ -182,7 +215,6 @@ class Store:
             if check:
                 _verify(part, p, _piece_name(t, i))
             pos += p.length
-        return buffers.as_tensor(raw, t.dtype, t.shape), t.stored_bytes
 
     def group_arrays(self, prefix: str, check: bool = False) -> dict[str, mx.array]:
         """Every tensor of an expert group, reading each expert's extent with one preadv."""
@@ -219,29 +251,6 @@ class Store:
         if check:  # a numpy view, released on return, so the mapping can still be closed
             _verify(np.frombuffer(mm, np.uint8, p.length, p.offset), p, _piece_name(t, 0))
         return buffers.wrap_mapped(mm, p.offset, p.length, t.dtype, t.shape)
-
-    def _read_zstd(self, t: Tensor, check: bool) -> mx.array:
-        p = t.pieces[0]
-        data = self._reader.read_piece(p, _piece_name(t, 0), check)
-        check_zstd_frame(data, t)  # before allocating what the index claims
-        raw, view = buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape))
-        try:
-            reader = zstandard.ZstdDecompressor().stream_reader(data)
-            done = 0
-            while done < t.nbytes:
-                n = reader.readinto(view[done:])
-                if n == 0:
-                    break
-                done += n
-            extra = reader.read(1)
-        except zstandard.ZstdError as e:
-            raise StoreError(f"tensor {t.name!r}: cannot decompress: {e}") from None
-        if done != t.nbytes or extra:
-            size = f"more than {t.nbytes}" if extra else str(done)
-            raise StoreError(
-                f"tensor {t.name!r}: decompressed to {size} bytes, expected {t.nbytes}"
-            )
-        return buffers.as_tensor(raw, t.dtype, t.shape)
 
     # ------------------------------------------------------------ lifetime
 
@@ -286,6 +295,47 @@ def open(path: str | os.PathLike, *, zero_copy: bool | None = None) -> Store:
     False always reads (safe against files changing under us); True requires wrapping.
     """
     return Store(path, zero_copy=zero_copy)
+
+
+class PendingTensor:
+    """A tensor between `Store.begin` and `finish` (both on the thread that uses it)."""
+
+    def __init__(self, tensor: Tensor, array: mx.array, read: Callable[[], None] | None = None, reads: int = 0):
+        self.tensor = tensor
+        self._array = array
+        self._read = read
+        self.reads = reads  # bytes read from the files for it
+
+    def fill(self) -> None:
+        """The reads (bytes only, no MLX call): safe on any thread."""
+        if self._read is not None:
+            self._read()
+
+    def finish(self, filled: Future | None = None) -> tuple[mx.array, int]:
+        """The array, once `fill` has run (`filled`: its future, whose error is raised)."""
+        if filled is not None:
+            filled.result()
+        t = self.tensor
+        if self._read is None:
+            return self._array, self.reads
+        return buffers.as_tensor(self._array, t.dtype, t.shape), self.reads
+
+
+def _decompress_into(data: bytes, view: memoryview, t: Tensor) -> None:
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(data)
+        done = 0
+        while done < t.nbytes:
+            n = reader.readinto(view[done:])
+            if n == 0:
+                break
+            done += n
+        extra = reader.read(1)
+    except zstandard.ZstdError as e:
+        raise StoreError(f"tensor {t.name!r}: cannot decompress: {e}") from None
+    if done != t.nbytes or extra:
+        size = f"more than {t.nbytes}" if extra else str(done)
+        raise StoreError(f"tensor {t.name!r}: decompressed to {size} bytes, expected {t.nbytes}")
 
 
 def _piece_name(t: Tensor, i: int) -> str:

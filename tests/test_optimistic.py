@@ -89,14 +89,19 @@ def test_generate_greedy_and_sampled_match_resident(stores):
 
 
 def test_a_standing_step_syncs_once(stores, monkeypatch):
-    """A step after a clean one evaluates once (the ids check), not once per layer."""
+    """A step after a clean one evaluates once (the ids check), not once per layer.
+
+    Every expert sits in a slot (a step whose routing needed a missing expert would
+    rightly sync again, and which experts a step picks depends on the backend's rounding)
+    but the device-side identity map is off, so the step runs optimistically."""
     _, store = stores["qwen3_next"]
-    model, _ = moe.load(store, slots_per_layer=_experts("qwen3_next") - 1, overlap=False)
+    model, _ = moe.load(store, slots_per_layer=_experts("qwen3_next"), overlap=False)
+    for layer in [m for m in model.modules() if isinstance(m, StreamingExperts)]:
+        layer.bank.ensure(list(range(layer.bank.num_experts)))
+        layer.bank.fixed_slots = None
     cache = make_prompt_cache(model)
-    for _ in range(20):  # the first steps read experts; then a step misses nothing
+    for _ in range(3):
         mx.eval(model(mx.array([[11]]), cache=cache))
-        if model.mlxstore_optimism.clean:
-            break
     assert model.mlxstore_optimism.clean
     events = []
     real_eval, real_array = mx.eval, np.array

@@ -337,3 +337,66 @@ def test_expert_group_with_an_empty_member(tmp_path):
             assert tuple(store.array(name, check=True).shape) == src.shape
         with pytest.raises(KeyError, match="no expert group"):
             store.group_arrays("nope")
+
+
+@pytest.fixture()
+def mlx_threads(monkeypatch):
+    """The ids of the threads that call into MLX (allocation, evaluation, wrapping)."""
+    seen: set[int] = set()
+
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.add(threading.get_ident())
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("eval", "zeros", "asarray"):
+        monkeypatch.setattr(mx, name, spy(getattr(mx, name)))
+    return seen
+
+
+def test_many_arrays_read_on_threads_allocated_and_finished_here(tmp_path, mlx_threads):
+    """MLX streams belong to the thread that made them: an array made on a pool thread and
+    used after the pool is gone faults the GPU on CUDA. Only the reads may leave."""
+    tensors = {f"t{i}": ("float32", sample("float32", (64 + i, 33), i)) for i in range(12)}
+    tensors["z"] = ("bfloat16", sample("bfloat16", (40, 64)))
+    tensors["empty"] = ("int8", np.zeros((0, 3), np.int8))
+    path = write_store(tmp_path / "m", tensors, compress={"z"})
+    reads: set[int] = set()
+    real_read = mlxstore.osio.read_extent_into
+
+    def read(*args, **kwargs):
+        reads.add(threading.get_ident())
+        return real_read(*args, **kwargs)
+
+    with mlxstore.open(path) as store:
+        names = list(tensors)
+        mlx_threads.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mlxstore.osio, "read_extent_into", read)
+            arrays = store.arrays(names, check=True, threads=4)
+        assert mlx_threads == {threading.get_ident()}
+        assert reads and threading.get_ident() not in reads
+        for name, arr in zip(names, arrays):
+            dtype, src = tensors[name]
+            assert arr.dtype == MX_DTYPES[dtype] and tuple(arr.shape) == src.shape
+            assert raw_bytes(arr) == raw_bytes(src), name
+
+
+def test_many_arrays_raise_the_first_failure_after_every_read_ended(tmp_path):
+    tensors = {f"t{i}": ("float32", np.full(4096, i, np.float32)) for i in range(8)}
+    path = write_store(tmp_path / "f", tensors)
+    with mlxstore.open(path) as store:
+        bad = store.tensor("t3").pieces[0]
+    flip_byte(path / "model.mlxs", bad.offset + 5)
+    with mlxstore.open(path) as store:
+        with pytest.raises(ChecksumError, match="'t3'"):
+            store.arrays(list(tensors), check=True, threads=4)
+        assert [float(a[0]) for a in store.arrays(list(tensors), threads=4)][:3] == [0.0, 1.0, 2.0]
+
+
+def test_load_model_calls_mlx_on_the_calling_thread_only(store_dir, mlx_threads):
+    mlx_threads.clear()
+    model, _ = mlxstore.load_model(store_dir("qwen3_moe"))
+    assert mlx_threads == {threading.get_ident()}
