@@ -39,7 +39,6 @@ from .policy import SlotPolicy
 from .stats import LayerStats
 
 FILL_MODES = ("direct", "staged")
-READ_PART = 256 << 10  # a miss read is split over the pool's threads in parts of at least this
 
 
 def default_fill_mode() -> str:
@@ -63,6 +62,7 @@ class BankOptions:
     check: bool  # verify xxh3 of every expert read (costs a hash pass)
     fill: str  # "direct" or "staged" (see the module docstring)
     io_threads: int  # reads of one call run on this many threads of the pool
+    read_size: int  # ... in parts of at least this many bytes
 
 
 class ExpertBank:
@@ -218,7 +218,7 @@ class ExpertBank:
         for e, s in misses:
             extent = self.group.extents[e]
             fd, what = self.fds[extent.shard], f"{self.name} expert {e}"
-            parts = osio.split_reads(extent.offset, self._slot_buffers(e, s), self.options.io_threads, READ_PART)
+            parts = osio.split_reads(extent.offset, self._slot_buffers(e, s), self.options.io_threads, self.options.read_size)
             jobs.append((e, s, [self.pool.submit(osio.read_extent_into, fd, off, views, what)
                                 for off, views in parts]))  # fmt: skip
         failed: list[tuple[int, BaseException]] = []
@@ -273,7 +273,7 @@ class ExpertBank:
             fd, what = self.fds[extent.shard], f"{self.name} expert {e}"
             view = buf.view[base : base + extent.length]
             futures += [self.pool.submit(osio.read_extent_into, fd, off, views, what)
-                        for off, views in osio.split_reads(extent.offset, [view], self.options.io_threads, READ_PART)]  # fmt: skip
+                        for off, views in osio.split_reads(extent.offset, [view], self.options.io_threads, self.options.read_size)]  # fmt: skip
             base += extent.length
         return buf, futures
 

@@ -43,6 +43,7 @@ from .options import (
     DEFAULT_OVERLAP,
     DEFAULT_PAGE_CACHE,
     DEFAULT_PREFETCH,
+    DEFAULT_READ_SIZE,
     DEFAULT_STAGED_LOAD_SIZE,
     LoadOptions,
     OptionError,
@@ -74,6 +75,7 @@ def load(
     prefetch: str = DEFAULT_PREFETCH,
     page_cache: str = DEFAULT_PAGE_CACHE,
     io_threads: int = DEFAULT_IO_THREADS,
+    read_size: int | str = DEFAULT_READ_SIZE,
     check: bool = False,
     tokenizer_config: dict | None = None,
     reserve: int | str = 0,
@@ -96,7 +98,9 @@ def load(
     max_context: tokens of KV cache the budget reserves. headroom: bytes kept free for
     activations (default 5% of the budget, at least 64 MiB). policy: slot replacement
     policy (moe.policy). prefetch: "none", "temporal" or "next-layer". page_cache:
-    "keep" or "drop" a read expert's pages from the OS cache. check: verify the checksum
+    "keep" or "drop" a read expert's pages from the OS cache. io_threads, read_size: a
+    call's misses are read in parts of at least read_size bytes (or "1MiB"), up to
+    io_threads at once. check: verify the checksum
     of every expert read. reserve: bytes of the budget kept for the caller (the server's
     prompt cache), not given to expert slots. group: an `mx.distributed` group of more
     than one rank runs the model as a pipeline (moe.pipeline): this rank loads and streams only its own layers,
@@ -128,7 +132,7 @@ def load(
     options = LoadOptions(
         memory_budget=memory_budget, slots_per_layer=slots_per_layer, max_context=max_context,
         headroom=headroom, policy=policy, prefetch=prefetch, page_cache=page_cache,
-        io_threads=io_threads, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
+        io_threads=io_threads, read_size=read_size, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
         prefill_step_size=prefill_step_size, kv_bits=kv_bits, kv_group_size=kv_group_size,
         max_kv_size=max_kv_size, past_max_context=past_max_context, fill=fill, passes=passes,
         staged_load_size=staged_load_size, overlap=overlap, optimistic=optimistic,
@@ -188,7 +192,8 @@ def _load(s: Store, o: LoadOptions, group):
     for fd in fds:  # macOS: "drop" reads around the cache (Linux drops pages after each read)
         osio.set_nocache(fd, o.page_cache == "drop")
         osio.advise_random(fd)  # a miss is read in parallel parts: readahead would fetch each part's successor again
-    bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads)
+    bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads,
+                               read_size=parse_size(o.read_size))  # fmt: skip
     host_staging = HostStaging(buffer_bytes(load_size, largest)) if fill == "staged" else None
     wrappers = []
     for site in sites:

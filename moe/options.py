@@ -37,6 +37,10 @@ DEFAULT_OPTIMISTIC = True
 # (README, "Linux with an NVIDIA GPU").
 DEFAULT_STAGED_LOAD_SIZE = "8MiB"
 DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still fill the SSD's queue
+# A miss's extent is read in parts of at least this, in parallel: smaller parts deepen a cold
+# disk's queue, but each costs a thread's wakeup and a GIL handoff, which from the page cache
+# cost more than the copy (README, "Linux with an NVIDIA GPU").
+DEFAULT_READ_SIZE = "1MiB"
 
 
 class OptionError(ValueError):
@@ -55,6 +59,7 @@ class LoadOptions:
     prefetch: str = DEFAULT_PREFETCH
     page_cache: str = DEFAULT_PAGE_CACHE
     io_threads: int = DEFAULT_IO_THREADS
+    read_size: int | str = DEFAULT_READ_SIZE
     check: bool = False
     tokenizer_config: dict | None = None
     reserve: int | str = 0
@@ -89,7 +94,7 @@ class LoadOptions:
             raise OptionError(f"page_cache must be 'keep' or 'drop', got {self.page_cache!r}")
         if self.policy != "default" and self.policy not in POLICIES:
             raise OptionError(f"policy: unknown policy {self.policy!r}; choose from {sorted(POLICIES)}")
-        for name in ("memory_budget", "headroom", "reserve", "staged_load_size"):
+        for name in ("memory_budget", "headroom", "reserve", "staged_load_size", "read_size"):
             value = getattr(self, name)
             if value is not None:
                 try:
@@ -100,5 +105,7 @@ class LoadOptions:
             raise OptionError(f"io_threads must be an integer >= 1, got {self.io_threads!r}")
         if self.staged_load_size is not None and parse_size(self.staged_load_size) < 1:
             raise OptionError(f"staged_load_size must be at least 1 byte, got {self.staged_load_size!r}")
+        if parse_size(self.read_size) < 1:
+            raise OptionError(f"read_size must be at least 1 byte, got {self.read_size!r}")
         # slots_per_layer and the budget's size against the model are the plan's to check
         # (moe/plan.py): they need the store.

@@ -66,14 +66,15 @@ def test_streamed_logits_bit_identical(models, arch):
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss", "deepseek_v3"])
-@pytest.mark.parametrize("fill, passes, overlap, load_size", [("staged", "full", False, "8MiB"), ("direct", "full", True, "8MiB"),
-                                                              ("direct", "rows", False, "8MiB"), ("staged", "rows", True, 1),
-                                                              ("staged", "full", True, 1)])  # fmt: skip
-def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, load_size):
+@pytest.mark.parametrize("fill, passes, overlap, load_size, read_size", [
+    ("staged", "full", False, "8MiB", "1MiB"), ("direct", "full", True, "8MiB", 4096), ("direct", "rows", False, "8MiB", "1MiB"),
+    ("staged", "rows", True, 1, 4096), ("staged", "full", True, 1, "1MiB")])  # fmt: skip
+def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, load_size, read_size):
     """Every way of filling slots, running passes and launching layers gives the resident
     logits (the default of this backend runs in test_streamed_logits_bit_identical);
     staged with load size 1 puts each expert in a load of its own (a call's loads outnumber
-    the two staging buffers, which take turns)."""
+    the two staging buffers, which take turns); a small read_size splits each expert's
+    read into parallel parts."""
     if passes == "rows" and mx.default_device() != mx.cpu:
         pytest.skip("passes='rows' is exact only on the CPU backend (load refuses it elsewhere)")
     src, store = models[arch]
@@ -84,9 +85,9 @@ def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, 
         want = _logits_trace(resident, prompt, steps=4)
         for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2):
             model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes, overlap=overlap,
-                                staged_load_size=load_size)  # fmt: skip
+                                staged_load_size=load_size, read_size=read_size)  # fmt: skip
             got = _logits_trace(model, prompt, steps=4)
-            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap}/{load_size} slots={slots}"
+            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap}/{load_size}/{read_size} slots={slots}"
 
 
 def test_overlap_launches_each_streamed_layer(models, monkeypatch):
@@ -175,6 +176,29 @@ def test_generate_same_tokens_greedy_and_sampled(models, arch):
         sampler = make_sampler(temp=0.8, top_p=0.95)
         outs.append([r.token for r in mlx_lm.stream_generate(m, t, prompt, max_tokens=12, sampler=sampler)])
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("fill", ["direct", "staged"])
+def test_a_miss_is_read_in_parts_of_read_size(models, monkeypatch, fill):
+    """Each missed extent is one read per part: min(io_threads, length // read_size) parts."""
+    _, store = models["qwen3_moe"]
+    with mlxstore.open(store) as s:
+        length = next(iter(s.expert_groups.values())).extents[0].length
+    read_size, threads = length // 5, 3
+    sizes = []
+    real = osio.read_extent_into
+    monkeypatch.setattr(osio, "read_extent_into", lambda fd, off, bufs, what="": sizes.append(real(fd, off, bufs, what)) or sizes[-1])
+    model, _ = moe.load(store, slots_per_layer=4, fill=fill, read_size=read_size, io_threads=threads)
+    sizes.clear()
+    _logits_trace(model, random_prompt(8), steps=2)
+    misses = moe.stats(model).total.misses
+    assert misses and len(sizes) == misses * threads and sum(sizes) == misses * length
+    assert min(sizes) >= read_size
+    sizes.clear()
+    model, _ = moe.load(store, slots_per_layer=4, fill=fill, read_size=length + 1)
+    sizes.clear()
+    _logits_trace(model, random_prompt(8), steps=2)
+    assert len(sizes) == moe.stats(model).total.misses and set(sizes) == {length}
 
 
 def test_reads_are_exact(models):
