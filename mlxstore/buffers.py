@@ -6,7 +6,11 @@ Two ways bytes on disk become an `mx.array`:
   evaluated array is a view of its data on the CPU backend and on Apple's unified memory),
   `preadv` straight into it, then reinterpret the bytes as the tensor's dtype and shape
   (`view` and `reshape` share the buffer). One copy (kernel to MLX memory), no mapping
-  touched, so a file that shrinks under us gives an error and never SIGBUS.
+  touched, so a file that shrinks under us gives an error and never SIGBUS. Where memory
+  is not unified (CUDA) the host view would move the array into managed memory for good
+  (and MLX 0.32's CUDA allocator was seen to fault the GPU when such arrays are freed and
+  their memory reused), so there the bytes land in host memory and MLX copies them to the
+  device once (`read_buffer`, `as_tensor`).
 - wrap: hand MLX a view of mapped file pages with `mx.asarray(..., copy=False)`. Only
   Metal can adopt foreign memory (page-aligned pointer); the CPU backend raises, and then
   callers read instead. A wrapped array keeps its numpy view, hence the mapping, alive.
@@ -39,11 +43,7 @@ def alloc_bytes(nbytes: int, like: tuple[str, Sequence[int]] | None = None) -> t
     MLX dimensions are 32-bit: 2 GiB or more is allocated as `like`'s shape times its item
     size (a tensor's own dimensions each fit), and `as_tensor` reshapes it all the same.
     """
-    dims: tuple[int, ...] = (nbytes,)
-    if nbytes >= 1 << 31 and like is not None:
-        dtype, shape = like
-        dims = (*shape, nbytes // max(1, math.prod(shape)))
-    buf = mx.zeros(dims, dtype=mx.uint8)
+    buf = mx.zeros(_dims(nbytes, like), dtype=mx.uint8)
     mx.eval(buf)
     view = memoryview(buf)
     if view.readonly or not view.c_contiguous or view.nbytes != nbytes:
@@ -53,15 +53,42 @@ def alloc_bytes(nbytes: int, like: tuple[str, Sequence[int]] | None = None) -> t
     return buf, view if view.ndim == 1 else view.cast("B")
 
 
+def _dims(nbytes: int, like: tuple[str, Sequence[int]] | None) -> tuple[int, ...]:
+    """A byte buffer's MLX shape: 1-D, or `like`'s shape times its item size from 2 GiB on."""
+    if nbytes >= 1 << 31 and like is not None:
+        _, shape = like
+        return (*shape, nbytes // max(1, math.prod(shape)))
+    return (nbytes,)
+
+
+def unified_memory() -> bool:
+    """Whether MLX arrays live in memory the host reads and writes in place (the CPU
+    backend, Apple GPUs), rather than in a GPU's own memory (CUDA)."""
+    return mx.default_device() != mx.gpu or mx.metal.is_available()
+
+
+def read_buffer(nbytes: int, like: tuple[str, Sequence[int]] | None = None) -> tuple[mx.array | np.ndarray, memoryview]:
+    """Memory to read a tensor's bytes into, and its writable byte view: MLX memory where
+    memory is unified (`alloc_bytes`), else a host numpy buffer that `as_tensor` copies to
+    the device."""
+    if unified_memory():
+        return alloc_bytes(nbytes, like)
+    host = np.empty(nbytes, dtype=np.uint8)
+    return host, memoryview(host)
+
+
 def _stream(dtype: str):
     """Where a tensor of `dtype` is made: MLX's GPU backends have no float64, so those
     tensors are viewed and created on the CPU stream (their data is the same memory)."""
     return mx.cpu if dtype == "float64" else mx.default_stream(mx.default_device())
 
 
-def as_tensor(raw: mx.array, dtype: str, shape: Sequence[int]) -> mx.array:
-    """Reinterpret flat uint8 bytes as `dtype` with `shape`, sharing memory; evaluated."""
+def as_tensor(raw: mx.array | np.ndarray, dtype: str, shape: Sequence[int]) -> mx.array:
+    """Reinterpret flat uint8 bytes as `dtype` with `shape`, sharing memory (a host buffer
+    from `read_buffer` is copied into MLX memory first); evaluated."""
     with mx.stream(_stream(dtype)):
+        if isinstance(raw, np.ndarray):
+            raw = mx.array(raw.reshape(_dims(raw.nbytes, (dtype, shape))))
         out = raw.view(MX_DTYPES[dtype]).reshape(tuple(shape))
         mx.eval(out)
     return out

@@ -198,13 +198,13 @@ class Store:
             p = t.pieces[0]
             data = self._reader.read_piece(p, _piece_name(t, 0), check)
             check_zstd_frame(data, t)  # before allocating what the index claims
-            raw, view = buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape))
+            raw, view = buffers.read_buffer(t.nbytes, (t.dtype, t.shape))
             return PendingTensor(t, raw, lambda: _decompress_into(data, view, t), t.stored_bytes)
         if self.zero_copy and t.expert_group is None:
             arr = self._wrap(t, check)
             if arr is not None:
                 return PendingTensor(t, arr, reads=0)
-        raw, view = buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape))
+        raw, view = buffers.read_buffer(t.nbytes, (t.dtype, t.shape))
         return PendingTensor(t, raw, lambda: self._read_pieces(t, view, check), t.stored_bytes)
 
     def _read_pieces(self, t: Tensor, view: memoryview, check: bool) -> None:
@@ -223,7 +223,7 @@ class Store:
         if group is None:
             raise KeyError(f"store has no expert group {prefix!r}")
         tensors = [self.tensor(n) for n in group.tensors]
-        bufs = [buffers.alloc_bytes(t.nbytes, (t.dtype, t.shape)) for t in tensors]
+        bufs = [buffers.read_buffer(t.nbytes, (t.dtype, t.shape)) for t in tensors]
         per = [t.nbytes // max(group.num_experts, 1) for t in tensors]
         for e, ext in enumerate(group.extents):
             scatter, cursor, parts = [], ext.offset, []

@@ -29,7 +29,7 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from mlxstore import osio
-from mlxstore.buffers import MX_DTYPES
+from mlxstore.buffers import MX_DTYPES, unified_memory
 from mlxstore.formats import ChecksumError, ExpertGroup, StoreError, Tensor
 from mlxstore.formats.layout import xxh3
 from mlxstore.sizes import parse_size
@@ -43,7 +43,7 @@ FILL_MODES = ("direct", "staged")
 
 def default_fill_mode() -> str:
     """"staged" on a GPU that is not unified memory (CUDA), else "direct"."""
-    return "staged" if mx.default_device() == mx.gpu and not mx.metal.is_available() else "direct"
+    return "direct" if unified_memory() else "staged"
 
 
 def staging_bytes_for(fill: str | None, load_size: int | str, largest: int) -> int:

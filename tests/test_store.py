@@ -396,7 +396,26 @@ def test_many_arrays_raise_the_first_failure_after_every_read_ended(tmp_path):
         assert [float(a[0]) for a in store.arrays(list(tensors), threads=4)][:3] == [0.0, 1.0, 2.0]
 
 
-def test_load_model_calls_mlx_on_the_calling_thread_only(store_dir, mlx_threads):
+@pytest.mark.parametrize("unified", [True, False], ids=["mlx-memory", "host-then-copy"])
+def test_load_model_calls_mlx_on_the_calling_thread_only(store_dir, mlx_threads, monkeypatch, unified):
+    monkeypatch.setattr(buffers, "unified_memory", lambda: unified)
     mlx_threads.clear()
     model, _ = mlxstore.load_model(store_dir("qwen3_moe"))
     assert mlx_threads == {threading.get_ident()}
+
+
+def test_off_unified_memory_tensors_are_read_into_host_memory_and_copied(every_dtype, experts, monkeypatch):
+    """CUDA: a host view of an MLX array would make it managed memory, so reads land in host
+    buffers and MLX copies them in (the CPU backend runs the same code path here)."""
+    monkeypatch.setattr(buffers, "unified_memory", lambda: False)
+    path, tensors = every_dtype
+    with mlxstore.open(path) as store:
+        names = list(tensors)
+        for name, arr in zip(names, store.arrays(names, check=True, threads=3)):
+            assert raw_bytes(arr) == raw_bytes(tensors[name][1]), name
+    path, groups = experts
+    with mlxstore.open(path) as store:
+        for prefix, members in groups.items():
+            got = store.group_arrays(prefix, check=True)
+            for name, _, src in members:
+                assert raw_bytes(got[name]) == raw_bytes(src), name
