@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -164,18 +165,22 @@ class Store:
         """Materialize many tensors, their reads on `threads` threads.
 
         Only the reads leave the calling thread: MLX streams belong to the thread that
-        made them (MLX >= 0.31.2), so an array allocated or evaluated on a pool thread is
-        made on that thread's own stream, and on CUDA using it from another thread after
-        the pool is gone faults the GPU. Allocation and finishing stay here.
+        made them (MLX >= 0.31.2), so an array allocated or evaluated on a pool thread
+        would be made on a stream that ends with that thread. Allocation and finishing
+        stay here, and at most 2 x `threads` tensors are between the two at once.
         """
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            started = []
+        threads = max(1, threads)
+        out: list[mx.array] = []
+        with ThreadPoolExecutor(max_workers=threads) as pool:  # leaving it waits for every read
+            started: deque[tuple[PendingTensor, Future]] = deque()
             for name in names:
+                if len(started) >= 2 * threads:  # bounds the host buffers in flight (CUDA)
+                    out.append(_finish_first(started))
                 pending = self.begin(name, check)
                 started.append((pending, pool.submit(pending.fill)))
-            for _, future in started:  # every read has ended before anything is raised
-                future.exception()
-            return [pending.finish(future)[0] for pending, future in started]
+            while started:
+                out.append(_finish_first(started))
+        return out
 
     def materialize(self, name: str, check: bool = False) -> tuple[mx.array, int]:
         """The tensor as an array, and how many bytes were read from the files for it.
@@ -319,6 +324,11 @@ class PendingTensor:
         if self._read is None:
             return self._array, self.reads
         return buffers.as_tensor(self._array, t.dtype, t.shape), self.reads
+
+
+def _finish_first(started: deque[tuple[PendingTensor, Future]]) -> mx.array:
+    pending, future = started.popleft()
+    return pending.finish(future)[0]
 
 
 def _decompress_into(data: bytes, view: memoryview, t: Tensor) -> None:

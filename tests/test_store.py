@@ -384,6 +384,28 @@ def test_many_arrays_read_on_threads_allocated_and_finished_here(tmp_path, mlx_t
             assert raw_bytes(arr) == raw_bytes(src), name
 
 
+def test_many_arrays_hold_few_buffers_in_flight(tmp_path, monkeypatch):
+    tensors = {f"t{i}": ("int32", np.full(1000, i, np.int32)) for i in range(20)}
+    path = write_store(tmp_path / "w", tensors)
+    live, most = [0], [0]
+    real_begin, real_finish = mlxstore.Store.begin, mlxstore.store.PendingTensor.finish
+
+    def begin(self, *a, **k):
+        live[0] += 1
+        most[0] = max(most[0], live[0])
+        return real_begin(self, *a, **k)
+
+    def finish(self, *a, **k):
+        live[0] -= 1
+        return real_finish(self, *a, **k)
+
+    monkeypatch.setattr(mlxstore.Store, "begin", begin)
+    monkeypatch.setattr(mlxstore.store.PendingTensor, "finish", finish)
+    with mlxstore.open(path) as store:
+        got = store.arrays(list(tensors), threads=3)
+    assert [int(a[0]) for a in got] == list(range(20)) and most[0] <= 6
+
+
 def test_many_arrays_raise_the_first_failure_after_every_read_ended(tmp_path):
     tensors = {f"t{i}": ("float32", np.full(4096, i, np.float32)) for i in range(8)}
     path = write_store(tmp_path / "f", tensors)
