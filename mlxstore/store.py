@@ -208,7 +208,7 @@ class Store:
         if self.zero_copy and t.expert_group is None:
             arr = self._wrap(t, check)
             if arr is not None:
-                return PendingTensor(t, arr, reads=0)
+                return PendingTensor(t, arr)
         raw, view = buffers.read_buffer(t.nbytes, (t.dtype, t.shape))
         return PendingTensor(t, raw, lambda: self._read_pieces(t, view, check), t.stored_bytes)
 
@@ -305,9 +305,10 @@ def open(path: str | os.PathLike, *, zero_copy: bool | None = None) -> Store:
 class PendingTensor:
     """A tensor between `Store.begin` and `finish` (both on the thread that uses it)."""
 
-    def __init__(self, tensor: Tensor, array: mx.array, read: Callable[[], None] | None = None, reads: int = 0):
+    def __init__(self, tensor: Tensor, array: mx.array | np.ndarray, read: Callable[[], None] | None = None,
+                 reads: int = 0):  # fmt: skip
         self.tensor = tensor
-        self._array = array
+        self._array = array  # the tensor itself, or (with `read`) the bytes `as_tensor` makes it of
         self._read = read
         self.reads = reads  # bytes read from the files for it
 
