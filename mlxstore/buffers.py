@@ -7,10 +7,9 @@ Two ways bytes on disk become an `mx.array`:
   `preadv` straight into it, then reinterpret the bytes as the tensor's dtype and shape
   (`view` and `reshape` share the buffer). One copy (kernel to MLX memory), no mapping
   touched, so a file that shrinks under us gives an error and never SIGBUS. Where memory
-  is not unified (CUDA) the host view would move the array into managed memory for good
-  (and MLX 0.32's CUDA allocator was seen to fault the GPU when such arrays are freed and
-  their memory reused), so there the bytes land in host memory and MLX copies them to the
-  device once (`read_buffer`, `as_tensor`).
+  is not unified (CUDA) the host view would move the array into managed memory for good,
+  so there the bytes land in host memory and MLX copies them to the device once
+  (`read_buffer`, `as_tensor`), as `mx.load` does.
 - wrap: hand MLX a view of mapped file pages with `mx.asarray(..., copy=False)`. Only
   Metal can adopt foreign memory (page-aligned pointer); the CPU backend raises, and then
   callers read instead. A wrapped array keeps its numpy view, hence the mapping, alive.

@@ -92,7 +92,6 @@ class ExpertBank:
         if options.fill == "staged" and staging is None:
             raise ValueError("a staged bank needs the model's HostStaging")
         self.staging = staging
-        self._offsets = _alike_offsets(group, tensors)  # where each tensor sits in any expert's extent
         self.stats = LayerStats()
         self.predicted: set[int] = set()
         # Once every expert is resident for good: expert -> slot on the device, or
@@ -279,35 +278,20 @@ class ExpertBank:
         return buf, futures
 
     def _copy_load(self, buf: StagingBuffer, load) -> None:
-        """Queue the copies of one read load from its buffer into the slots (MLX ops): one
-        scatter per tensor when the load holds several experts laid out alike (every
-        layer of a packed model), else a slice update per expert and tensor."""
+        """Queue the copies of one read load from its buffer into the slots (MLX ops)."""
         buf.readers = list(self.arrays)  # before any copy is queued: a failure below still waits
-        bases, base = [], 0
-        for (e, _), extent in load:
-            if self.options.check:
-                for t in self.tensors:
-                    start = base + t.pieces[e].offset - extent.offset
-                    _verify(t, e, buf.view[start : start + t.pieces[e].length])
-            bases.append(base)
-            base += extent.length
-        if len(load) > 1 and self._offsets is not None:
-            n, length = len(load), load[0][1].length
-            rows = buf.array[: n * length].reshape(n, length)
-            slots = mx.array([s for (_, s), _ in load], dtype=mx.uint32)
-            for t, arr, at in zip(self.tensors, self.arrays, self._offsets):
-                part = rows[:, at : at + t.nbytes // t.shape[0]]
-                arr[slots] = part.view(arr.dtype).reshape(n, *arr.shape[1:])  # in place: the bank holds the only reference
-        else:
-            for ((e, s), extent), at in zip(load, bases):
-                for t, arr in zip(self.tensors, self.arrays):
-                    piece = t.pieces[e]
-                    start = at + piece.offset - extent.offset
-                    part = buf.array[start : start + piece.length]
-                    arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])
-        if self.options.page_cache == "drop":
-            for _, extent in load:
+        base = 0
+        for (e, s), extent in load:
+            for t, arr in zip(self.tensors, self.arrays):
+                piece = t.pieces[e]
+                start = base + piece.offset - extent.offset
+                if self.options.check:
+                    _verify(t, e, buf.view[start : start + piece.length])
+                part = buf.array[start : start + piece.length]
+                arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
+            if self.options.page_cache == "drop":
                 self._drop(extent)
+            base += extent.length
 
     def _read_ahead(self, extents) -> None:
         for x in extents:
@@ -327,18 +311,6 @@ class ExpertBank:
             self.predicted.add(e)
             self.stats.prefetch_issued += 1
             self.stats.prefetch_bytes += extent.length
-
-
-def _alike_offsets(group: ExpertGroup, tensors: list[Tensor]) -> list[int] | None:
-    """Each tensor's offset inside an expert's extent, if every expert's extent has the same
-    length and layout (so a load of experts is a strided array of them); else None."""
-    if not group.extents or len({x.length for x in group.extents}) != 1:
-        return None
-    first = [t.pieces[0].offset - group.extents[0].offset for t in tensors]
-    for e, x in enumerate(group.extents):
-        if [t.pieces[e].offset - x.offset for t in tensors] != first:
-            return None
-    return first
 
 
 def _verify(t: Tensor, expert: int, data) -> None:
