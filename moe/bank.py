@@ -39,6 +39,7 @@ from .policy import SlotPolicy
 from .stats import LayerStats
 
 FILL_MODES = ("direct", "staged")
+STAGED_COPIES = ("slices", "scatter")  # how a staged load reaches its slots (`ExpertBank._copy_load`)
 
 
 def default_fill_mode() -> str:
@@ -63,6 +64,7 @@ class BankOptions:
     fill: str  # "direct" or "staged" (see the module docstring)
     io_threads: int  # reads of one call run on this many threads of the pool
     read_size: int  # ... in parts of at least this many bytes
+    copy: str  # staged fill: "slices" or "scatter" (`ExpertBank._copy_load`)
 
 
 class ExpertBank:
@@ -92,6 +94,7 @@ class ExpertBank:
         if options.fill == "staged" and staging is None:
             raise ValueError("a staged bank needs the model's HostStaging")
         self.staging = staging
+        self._offsets = _alike_offsets(group, tensors)  # where each tensor sits in any expert's extent
         self.stats = LayerStats()
         self.predicted: set[int] = set()
         # Once every expert is resident for good: expert -> slot on the device, or
@@ -280,18 +283,44 @@ class ExpertBank:
     def _copy_load(self, buf: StagingBuffer, load) -> None:
         """Queue the copies of one read load from its buffer into the slots (MLX ops)."""
         buf.readers = list(self.arrays)  # before any copy is queued: a failure below still waits
-        base = 0
-        for (e, s), extent in load:
-            for t, arr in zip(self.tensors, self.arrays):
-                piece = t.pieces[e]
-                start = base + piece.offset - extent.offset
-                if self.options.check:
-                    _verify(t, e, buf.view[start : start + piece.length])
-                part = buf.array[start : start + piece.length]
-                arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
-            if self.options.page_cache == "drop":
-                self._drop(extent)
+        bases, base = [], 0
+        for (e, _), extent in load:
+            if self.options.check:
+                for t in self.tensors:
+                    start = base + t.pieces[e].offset - extent.offset
+                    _verify(t, e, buf.view[start : start + t.pieces[e].length])
+            bases.append(base)
             base += extent.length
+        if self.options.copy == "scatter" and len(load) > 1 and self._offsets is not None:
+            self._scatter_load(buf, load)
+        else:
+            for ((e, s), extent), at in zip(load, bases):
+                for t, arr in zip(self.tensors, self.arrays):
+                    piece = t.pieces[e]
+                    start = at + piece.offset - extent.offset
+                    part = buf.array[start : start + piece.length]
+                    arr[s] = part.view(arr.dtype).reshape(arr.shape[1:])  # in place: the bank holds the only reference
+        if self.options.page_cache == "drop":
+            for _, extent in load:
+                self._drop(extent)
+
+    def _scatter_load(self, buf: StagingBuffer, load) -> None:
+        """One scatter per tensor: a load of n experts laid out alike is an [n, extent]
+        array, and each tensor a column range of it. The bytes are reinterpreted while
+        still contiguous, so no backend copies them before the scatter reads them."""
+        n, length = len(load), load[0][1].length
+        flat = buf.array[: n * length]
+        slots = mx.array([s for (_, s), _ in load], dtype=mx.uint32)
+        typed: dict = {}
+        for t, arr, at in zip(self.tensors, self.arrays, self._offsets):
+            size, row = arr.dtype.size, t.nbytes // t.shape[0]
+            if length % size == 0 and at % size == 0:
+                if arr.dtype not in typed:
+                    typed[arr.dtype] = flat.view(arr.dtype).reshape(n, length // size)
+                part = typed[arr.dtype][:, at // size : (at + row) // size]
+            else:
+                part = flat.reshape(n, length)[:, at : at + row].view(arr.dtype)
+            arr[slots] = part.reshape(n, *arr.shape[1:])  # in place: the bank holds the only reference
 
     def _read_ahead(self, extents) -> None:
         for x in extents:
@@ -311,6 +340,21 @@ class ExpertBank:
             self.predicted.add(e)
             self.stats.prefetch_issued += 1
             self.stats.prefetch_bytes += extent.length
+
+
+def _alike_offsets(group: ExpertGroup, tensors: list[Tensor]) -> list[int] | None:
+    """Each tensor's offset inside an expert's extent, if every expert's extent has the same
+    length and layout and holds each tensor's row whole (so a load of experts is a strided
+    array of them); else None."""
+    if not group.extents or len({x.length for x in group.extents}) != 1:
+        return None
+    first = [t.pieces[0].offset - group.extents[0].offset for t in tensors]
+    for e, x in enumerate(group.extents):
+        if [t.pieces[e].offset - x.offset for t in tensors] != first:
+            return None
+        if any(t.pieces[e].length != t.nbytes // t.shape[0] for t in tensors):
+            return None
+    return first
 
 
 def _verify(t: Tensor, expert: int, data) -> None:

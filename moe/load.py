@@ -44,6 +44,7 @@ from .options import (
     DEFAULT_PAGE_CACHE,
     DEFAULT_PREFETCH,
     DEFAULT_READ_SIZE,
+    DEFAULT_STAGED_COPY,
     DEFAULT_STAGED_LOAD_SIZE,
     LoadOptions,
     OptionError,
@@ -87,6 +88,7 @@ def load(
     past_max_context: str = DEFAULT_PAST_MAX_CONTEXT,
     fill: str | None = None,
     staged_load_size: int | str = DEFAULT_STAGED_LOAD_SIZE,
+    staged_copy: str = DEFAULT_STAGED_COPY,
     passes: str | None = None,
     overlap: bool = DEFAULT_OVERLAP,
     optimistic: bool = DEFAULT_OPTIMISTIC,
@@ -117,7 +119,8 @@ def load(
     backend (moe.bank). staged_load_size: bytes (or "8MiB") of each of the staged fill's two
     host buffers, raised to the largest expert if smaller (the plan counts them); a call's
     misses go in loads of whole experts that fill a buffer, the disk filling one while the
-    GPU copies from the other (mlxstore.staging). passes: how a call needing more experts than slots runs, "full" or "rows"
+    GPU copies from the other (mlxstore.staging). staged_copy: "slices" (default) or
+    "scatter", how a staged load is copied into its slots (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
     (moe.streaming; "rows" only on the CPU backend); None picks by backend. overlap:
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
     while Python builds the next layer, at the price of one more eval per layer (on by
@@ -135,7 +138,7 @@ def load(
         io_threads=io_threads, read_size=read_size, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
         prefill_step_size=prefill_step_size, kv_bits=kv_bits, kv_group_size=kv_group_size,
         max_kv_size=max_kv_size, past_max_context=past_max_context, fill=fill, passes=passes,
-        staged_load_size=staged_load_size, overlap=overlap, optimistic=optimistic,
+        staged_load_size=staged_load_size, staged_copy=staged_copy, overlap=overlap, optimistic=optimistic,
     )  # fmt: skip
     return load_with(store, options, group)
 
@@ -193,7 +196,7 @@ def _load(s: Store, o: LoadOptions, group):
         osio.set_nocache(fd, o.page_cache == "drop")
         osio.advise_random(fd)  # a miss is read in parallel parts: readahead would fetch each part's successor again
     bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads,
-                               read_size=parse_size(o.read_size))  # fmt: skip
+                               read_size=parse_size(o.read_size), copy=o.staged_copy)  # fmt: skip
     host_staging = HostStaging(buffer_bytes(load_size, largest)) if fill == "staged" else None
     wrappers = []
     for site in sites:

@@ -41,6 +41,12 @@ DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still f
 # disk's queue, but each costs a thread's wakeup and a GIL handoff, which from the page cache
 # cost more than the copy (README, "Linux with an NVIDIA GPU").
 DEFAULT_READ_SIZE = "1MiB"
+# Staged fill: how a load's bytes are copied into the slots, "slices" (a slice update per
+# expert and tensor) or "scatter" (one scatter per tensor for a load of experts laid out
+# alike, the load's bytes as a strided array of them: fewer MLX ops to build and launch).
+# Slices is what the H200 measured; scatter is there to measure against it (README,
+# "Linux with an NVIDIA GPU").
+DEFAULT_STAGED_COPY = "slices"
 
 
 class OptionError(ValueError):
@@ -70,19 +76,22 @@ class LoadOptions:
     past_max_context: str = DEFAULT_PAST_MAX_CONTEXT
     fill: str | None = None  # None: by backend (moe.bank.default_fill_mode)
     staged_load_size: int | str = DEFAULT_STAGED_LOAD_SIZE
+    staged_copy: str = DEFAULT_STAGED_COPY
     passes: str | None = None  # None: by backend (moe.streaming.default_pass_mode)
     overlap: bool = DEFAULT_OVERLAP
     optimistic: bool = DEFAULT_OPTIMISTIC
 
     def __post_init__(self) -> None:
         # here, so the streaming and bank modules may import this one
-        from .bank import FILL_MODES
+        from .bank import FILL_MODES, STAGED_COPIES
         from .streaming import PASS_MODES, PREFETCH_MODES
 
         if self.past_max_context not in PAST_MAX_CONTEXT:
             raise OptionError(f"past_max_context must be one of {PAST_MAX_CONTEXT}, got {self.past_max_context!r}")
         if self.fill is not None and self.fill not in FILL_MODES:
             raise OptionError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
+        if self.staged_copy not in STAGED_COPIES:
+            raise OptionError(f"staged_copy must be one of {STAGED_COPIES}, got {self.staged_copy!r}")
         if self.passes is not None and self.passes not in PASS_MODES:
             raise OptionError(f"passes must be one of {PASS_MODES}, got {self.passes!r}")
         for name in ("overlap", "optimistic"):

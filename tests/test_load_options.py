@@ -13,7 +13,7 @@ from mlxstore.moe.options import LoadOptions, OptionError
     ({"policy": "bogus"}, "policy"), ({"memory_budget": "8 gigs"}, "memory_budget"),
     ({"headroom": -1}, "headroom"), ({"reserve": "x"}, "reserve"), ({"io_threads": 0}, "io_threads"),
     ({"staged_load_size": "lots"}, "staged_load_size"), ({"staged_load_size": -1}, "staged_load_size"), ({"staged_load_size": 0}, "staged_load_size"),
-    ({"read_size": "big"}, "read_size"), ({"read_size": 0}, "read_size"),
+    ({"read_size": "big"}, "read_size"), ({"read_size": 0}, "read_size"), ({"staged_copy": "memcpy"}, "staged_copy"),
     ({"fill": "poured"}, "fill"), ({"passes": "some"}, "passes"), ({"overlap": "yes"}, "overlap"), ({"optimistic": 1}, "optimistic"),
 ])  # fmt: skip
 def test_bad_value_names_the_option(bad, name):

@@ -66,15 +66,16 @@ def test_streamed_logits_bit_identical(models, arch):
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss", "deepseek_v3"])
-@pytest.mark.parametrize("fill, passes, overlap, load_size, read_size", [
-    ("staged", "full", False, "8MiB", "1MiB"), ("direct", "full", True, "8MiB", 4096), ("direct", "rows", False, "8MiB", "1MiB"),
-    ("staged", "rows", True, 1, 4096), ("staged", "full", True, 1, "1MiB")])  # fmt: skip
-def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, load_size, read_size):
+@pytest.mark.parametrize("fill, passes, overlap, load_size, read_size, copy", [
+    ("staged", "full", False, "8MiB", "1MiB", "slices"), ("staged", "full", True, "8MiB", "1MiB", "scatter"),
+    ("direct", "full", True, "8MiB", 4096, "slices"), ("direct", "rows", False, "8MiB", "1MiB", "slices"),
+    ("staged", "rows", True, 1, 4096, "scatter"), ("staged", "full", True, 1, "1MiB", "slices")])  # fmt: skip
+def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, load_size, read_size, copy):
     """Every way of filling slots, running passes and launching layers gives the resident
     logits (the default of this backend runs in test_streamed_logits_bit_identical);
     staged with load size 1 puts each expert in a load of its own (a call's loads outnumber
     the two staging buffers, which take turns); a small read_size splits each expert's
-    read into parallel parts."""
+    read into parallel parts; a staged load is copied by slices or scattered."""
     if passes == "rows" and mx.default_device() != mx.cpu:
         pytest.skip("passes='rows' is exact only on the CPU backend (load refuses it elsewhere)")
     src, store = models[arch]
@@ -85,9 +86,9 @@ def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, 
         want = _logits_trace(resident, prompt, steps=4)
         for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2):
             model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes, overlap=overlap,
-                                staged_load_size=load_size, read_size=read_size)  # fmt: skip
+                                staged_load_size=load_size, read_size=read_size, staged_copy=copy)  # fmt: skip
             got = _logits_trace(model, prompt, steps=4)
-            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap}/{load_size}/{read_size} slots={slots}"
+            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap}/{load_size}/{read_size}/{copy} slots={slots}"
 
 
 def test_overlap_launches_each_streamed_layer(models, monkeypatch):

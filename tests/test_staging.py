@@ -119,3 +119,43 @@ def test_plan_counts_the_staging_buffers(store_dir):
     assert banks[0].staging.nbytes == ps.staging_bytes and all(b.staging is banks[0].staging for b in banks)
     assert largest == max(x.length for b in banks for x in b.group.extents)
 
+
+
+def test_alike_experts_are_scattered_others_copied_one_by_one(model_dir, store_dir, monkeypatch):
+    """staged_copy="scatter": a staged load of several experts laid out alike is one scatter
+    per tensor; where a group's extents differ, or with "slices", each expert and tensor is
+    a slice update. Every way gives the resident logits."""
+    import dataclasses
+
+    import mlx_lm
+    from conftest import random_prompt
+
+    import mlxstore
+    from mlxstore.formats.index import Extent
+    from mlxstore.moe.bank import _alike_offsets
+    from mlxstore.moe.streaming import StreamingExperts
+
+    store = store_dir("qwen3_moe")
+    with mlxstore.open(store) as s:
+        group = next(iter(s.expert_groups.values()))
+        tensors = [s.tensor(n) for n in group.tensors]
+    assert _alike_offsets(group, tensors) == [t.pieces[0].offset - group.extents[0].offset for t in tensors]
+    first = group.extents[0]
+    longer = dataclasses.replace(group, extents=(Extent(first.shard, first.offset, first.length + 4096), *group.extents[1:]))
+    assert _alike_offsets(longer, tensors) is None
+    prompt = random_prompt(24)
+    resident, _ = mlx_lm.load(str(model_dir("qwen3_moe")))
+    want = np.array(resident(prompt).astype(mx.float32))
+    real = mx.array.__setitem__
+    for copy, alike in (("scatter", True), ("scatter", False), ("slices", True)):
+        model, _ = moe.load(store, slots_per_layer=4, fill="staged", staged_load_size="8MiB", staged_copy=copy)
+        if not alike:
+            for m in model.modules():
+                if isinstance(m, StreamingExperts):
+                    m.bank._offsets = None
+        indices: list[type] = []
+        monkeypatch.setattr(mx.array, "__setitem__", lambda a, i, v, seen=indices: (seen.append(type(i)), real(a, i, v))[1])
+        got = np.array(model(prompt).astype(mx.float32))
+        monkeypatch.undo()
+        assert np.array_equal(got, want), f"{copy}, alike={alike}"
+        assert indices and (mx.array in indices) == (copy == "scatter" and alike), set(indices)

@@ -85,14 +85,15 @@ def command(repeat: int, trace: str | None, out: str) -> None:
     mx.eval(x, zero)
     hidden = config["hidden_size"]
     rows = {}
-    setups = {  # name: (slots, fill, preload, keep the host path)
-        "every expert fits (identity, no sync)": (128, "direct", True, False),
-        "100% hits, host path": (128, "direct", True, True),
-        "25% slots, direct fill": (32, "direct", False, True),
-        "25% slots, staged fill": (32, "staged", False, True),
+    setups = {  # name: (slots, fill, preload, keep the host path, staged copy)
+        "every expert fits (identity, no sync)": (128, "direct", True, False, "slices"),
+        "100% hits, host path": (128, "direct", True, True, "slices"),
+        "25% slots, direct fill": (32, "direct", False, True, "slices"),
+        "25% slots, staged fill": (32, "staged", False, True, "slices"),
+        "25% slots, staged fill, scatter": (32, "staged", False, True, "scatter"),
     }
-    for name, (slots, fill, pre, host) in setups.items():
-        model, _ = moe.load(store, slots_per_layer=slots, fill=fill, page_cache="keep")
+    for name, (slots, fill, pre, host, copy) in setups.items():
+        model, _ = moe.load(store, slots_per_layer=slots, fill=fill, page_cache="keep", staged_copy=copy)
         if pre:
             preload(model)
         layer = next(m for _, m in model.named_modules() if hasattr(m, "bank"))
