@@ -105,6 +105,7 @@ class ExpertBank:
         # expert at slot 0) and on the host (-1); rebuilt at first use after a fill
         self._device_slots: mx.array | None = None
         self._host_slots = np.full(self.num_experts, -1, dtype=np.int64)
+        self._launched = False  # a kernel reading the slots was launched in this call (`launch`)
         self.arrays: list[mx.array] = []  # the module's own parameter objects
         self._rows: list[tuple[memoryview, int]] = []  # host views (direct fill only)
         updates = []
@@ -198,6 +199,13 @@ class ExpertBank:
         """Whether every expert in `ids` sat in the slot `device_slots` gave it."""
         return bool((self._host_slots[ids] >= 0).all())
 
+    def launch(self, out: mx.array) -> None:
+        """Launch `out`, which reads the slots, ahead of more fills in the same call (the
+        next pass, the missed rows). A staged fill then waits for it before queuing copies
+        (see `_stage`)."""
+        mx.async_eval(out)
+        self._launched = True
+
     def ensure(self, experts: list[int]) -> list[int]:
         """Slots holding `experts` (distinct ids), reading the missing ones first."""
         slots, misses = self.lookup(experts)
@@ -260,6 +268,14 @@ class ExpertBank:
                 for future in futures:
                     future.result()
                 self.stats.file_seconds += time.perf_counter() - began
+                if self._launched:
+                    # A copy is an in-place slice update only if nothing else holds the
+                    # bank array when the copy is encoded, and GPU backends encode at launch
+                    # and hold a kernel's inputs until it has run: copying into a bank a
+                    # launched kernel still reads copies the whole bank array first. So
+                    # the reads above overlap that kernel, and the copies wait for it.
+                    mx.synchronize()
+                    self._launched = False
                 self._copy_load(buf, load)
                 if i + 1 < len(loads):  # the GPU copies this load while the next one is read
                     mx.async_eval(buf.readers)

@@ -38,6 +38,7 @@ from .context import guard as guard_context
 from .optimistic import Optimism
 from .optimistic import install as install_optimism
 from .options import (
+    DEFAULT_HITS_FIRST,
     DEFAULT_IO_THREADS,
     DEFAULT_OPTIMISTIC,
     DEFAULT_OVERLAP,
@@ -91,6 +92,7 @@ def load(
     staged_copy: str = DEFAULT_STAGED_COPY,
     passes: str | None = None,
     overlap: bool = DEFAULT_OVERLAP,
+    hits_first: bool = DEFAULT_HITS_FIRST,
     optimistic: bool = DEFAULT_OPTIMISTIC,
 ):
     """`(model, tokenizer)` like `mlx_lm.load`, with experts streamed from the store.
@@ -125,6 +127,9 @@ def load(
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
     while Python builds the next layer, at the price of one more eval per layer (on by
     default: it won on the CPU backend and on CUDA alike; off is there to measure).
+    hits_first: with passes "full", a call with misses launches its resident experts'
+    rows before the misses are read, then the missed rows in a second call of the same
+    shape (off by default; moe.streaming).
     optimistic: a decode step after one that missed nothing maps slots on the device and
     reads every layer's ids to the host once, at its end, instead of once per layer; if
     one was missing, the step's caches are put back and it runs again through the host
@@ -138,7 +143,8 @@ def load(
         io_threads=io_threads, read_size=read_size, check=check, tokenizer_config=tokenizer_config, reserve=reserve,
         prefill_step_size=prefill_step_size, kv_bits=kv_bits, kv_group_size=kv_group_size,
         max_kv_size=max_kv_size, past_max_context=past_max_context, fill=fill, passes=passes,
-        staged_load_size=staged_load_size, staged_copy=staged_copy, overlap=overlap, optimistic=optimistic,
+        staged_load_size=staged_load_size, staged_copy=staged_copy, overlap=overlap, hits_first=hits_first,
+        optimistic=optimistic,
     )  # fmt: skip
     return load_with(store, options, group)
 
@@ -205,7 +211,7 @@ def _load(s: Store, o: LoadOptions, group):
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
                           make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
                           fds, pool, bank_options, host_staging)  # fmt: skip
-        wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, o.overlap)
+        wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, o.overlap, o.hits_first)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))
     if o.optimistic and group is None:

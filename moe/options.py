@@ -47,6 +47,12 @@ DEFAULT_READ_SIZE = "1MiB"
 # Slices is what the H200 measured; scatter is there to measure against it (README,
 # "Linux with an NVIDIA GPU").
 DEFAULT_STAGED_COPY = "slices"
+# A decode call with misses, where calls keep the resident call's shape ("full"): launch
+# the call for its resident experts' rows before reading the misses, then again for the
+# missed rows (the GPU computes while the disk reads, at the price of a second launch).
+# Off is what the H200 measured; on is there to measure against it (README, "Linux with
+# an NVIDIA GPU"). With passes="rows" the resident rows always go first.
+DEFAULT_HITS_FIRST = False
 
 
 class OptionError(ValueError):
@@ -79,6 +85,7 @@ class LoadOptions:
     staged_copy: str = DEFAULT_STAGED_COPY
     passes: str | None = None  # None: by backend (moe.streaming.default_pass_mode)
     overlap: bool = DEFAULT_OVERLAP
+    hits_first: bool = DEFAULT_HITS_FIRST
     optimistic: bool = DEFAULT_OPTIMISTIC
 
     def __post_init__(self) -> None:
@@ -94,7 +101,7 @@ class LoadOptions:
             raise OptionError(f"staged_copy must be one of {STAGED_COPIES}, got {self.staged_copy!r}")
         if self.passes is not None and self.passes not in PASS_MODES:
             raise OptionError(f"passes must be one of {PASS_MODES}, got {self.passes!r}")
-        for name in ("overlap", "optimistic"):
+        for name in ("overlap", "hits_first", "optimistic"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.prefetch not in PREFETCH_MODES:

@@ -58,13 +58,15 @@ class NextLayer:
 class StreamingExperts(nn.Module):
     """Wraps an mlx-lm SwitchGLU / SwitchMLP whose expert tensors are a slot bank."""
 
-    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str, passes: str, overlap: bool):
+    def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str, passes: str, overlap: bool,
+                 hits_first: bool):  # fmt: skip
         super().__init__()
         self.inner = inner
         set_plain(self, "bank", bank)
         set_plain(self, "prefetch", prefetch)
         set_plain(self, "passes", passes)
         set_plain(self, "overlap", overlap)
+        set_plain(self, "hits_first", hits_first)
         set_plain(self, "next_layer", None)
         set_plain(self, "optimism", None)  # the model's Optimism when its decode steps are optimistic
         set_plain(self, "_deferred", None)  # ids of a call of an optimistic step that stood, not yet accounted
@@ -111,6 +113,8 @@ class StreamingExperts(nn.Module):
             t2, waited2 = time.perf_counter(), st.wait_seconds
             if misses and self.passes == "rows" and ids.size < SORT_THRESHOLD:
                 out = self._run_split(x, ids, indices.dtype, slot_ids, misses)
+            elif misses and self.hits_first and len(misses) < len(experts):
+                out = self._run_hits_first(x, ids, indices.dtype, slot_ids, misses)
             else:
                 bank.fill(misses)
                 out = self.inner(x, mx.array(slot_ids, dtype=indices.dtype))
@@ -195,6 +199,22 @@ class StreamingExperts(nn.Module):
         order.append(miss_pos)
         return _assemble(parts, order, ids)
 
+    def _run_hits_first(self, x, ids, dtype, slot_ids, misses) -> mx.array:
+        """A call with misses in the resident call's shape ("full"), in two calls: the first,
+        launched before the misses are read, has every missed row pointed at a resident
+        expert's slot; the second, once they are in, every resident row at a missed slot
+        (so it reads only the missed experts' weights). Each row is taken from the call
+        that ran it on its own expert: rows are computed alone within a call of one shape,
+        as full passes rely on too. Direct writes touch only missed slots, which the first
+        call does not read."""
+        missed = np.isin(ids, [e for e, _ in misses])
+        hit_slot, miss_slot = slot_ids[~missed].flat[0], slot_ids[missed].flat[0]
+        first = self.inner(x, mx.array(np.where(missed, hit_slot, slot_ids), dtype=dtype))
+        self.bank.launch(first)
+        self.bank.fill(misses)
+        second = self.inner(x, mx.array(np.where(missed, slot_ids, miss_slot), dtype=dtype))
+        return mx.where(mx.array(missed)[..., None], second, first)
+
     def _groups(self, experts: np.ndarray):
         """Distinct experts in groups of at most `num_slots`, resident ones first, each
         group made resident in turn (the next group may evict the previous one's)."""
@@ -207,11 +227,11 @@ class StreamingExperts(nn.Module):
             bank.stats.passes += 1
 
     def _pass_done(self, y: mx.array) -> None:
-        """Let the next pass refill slots this one reads. Staged writes are MLX ops, queued
-        after this pass's kernels, so the next pass's reads overlap its compute; direct
-        writes come from the host and must wait for it."""
+        """Let the next pass refill slots this one reads. Staged writes are MLX ops queued
+        once this pass has run (`ExpertBank.launch`), so the next pass's reads overlap its
+        compute; direct writes come from the host and must wait for it."""
         if self.bank.options.fill == "staged":
-            mx.async_eval(y)
+            self.bank.launch(y)
         else:
             mx.eval(y)
 

@@ -103,7 +103,7 @@ def test_hostpath_bench_times_every_configuration(tmp_path):
     r = CliRunner().invoke(command, ["--calls", "20", "--out", str(out)])
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 5 and all(row["median_us"] > 0 for row in rows.values())
+    assert len(rows) == 7 and all(row["median_us"] > 0 for row in rows.values())
     assert next(v for k, v in rows.items() if k.startswith("25%"))["misses_per_call"] > 0
     staged = [v for k, v in rows.items() if "staged" in k]
     assert len(staged) == 2 and all(v["copy_queue_us"] > 0 for v in staged)
@@ -118,7 +118,7 @@ def test_gpu_stage_runs_whole_on_a_tiny_model(tmp_path):
 
     from bench.commands.gpu import command
 
-    configs = ["all-hits-host", "25%-staged", "25%-staged-scatter"]
+    configs = ["all-hits-host", "25%-staged", "25%-staged-scatter-hitsfirst"]
     args = ["--dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--layers", "1", "--hidden", "128",
             "--moe-intermediate", "64", "--vocab", "512", "--tokens", "2", "--rounds", "1", "--prompt", "16",
             "--configs", ",".join(configs)]  # fmt: skip
@@ -127,5 +127,5 @@ def test_gpu_stage_runs_whole_on_a_tiny_model(tmp_path):
     result = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert result["exact"] == dict.fromkeys(configs, True)
     assert {row["config"] for row in result["decode"]} == {"resident", *configs}
-    assert set(result["prompt"]) == {"25%-staged", "25%-staged-scatter"}
+    assert set(result["prompt"]) == {"25%-staged", "25%-staged-scatter-hitsfirst"}
     assert (tmp_path / "out" / "gpu.md").read_text().startswith("# mlxstore on a GPU")

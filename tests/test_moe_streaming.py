@@ -66,16 +66,17 @@ def test_streamed_logits_bit_identical(models, arch):
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss", "deepseek_v3"])
-@pytest.mark.parametrize("fill, passes, overlap, load_size, read_size, copy", [
-    ("staged", "full", False, "8MiB", "1MiB", "slices"), ("staged", "full", True, "8MiB", "1MiB", "scatter"),
-    ("direct", "full", True, "8MiB", 4096, "slices"), ("direct", "rows", False, "8MiB", "1MiB", "slices"),
-    ("staged", "rows", True, 1, 4096, "scatter"), ("staged", "full", True, 1, "1MiB", "slices")])  # fmt: skip
-def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, load_size, read_size, copy):
+@pytest.mark.parametrize("fill, passes, overlap, load_size, read_size, copy, hits_first", [
+    ("staged", "full", False, "8MiB", "1MiB", "slices", False), ("staged", "full", True, "8MiB", "1MiB", "scatter", True),
+    ("direct", "full", True, "8MiB", 4096, "slices", True), ("direct", "rows", False, "8MiB", "1MiB", "slices", False),
+    ("staged", "rows", True, 1, 4096, "scatter", False), ("staged", "full", True, 1, "1MiB", "slices", False)])  # fmt: skip
+def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, load_size, read_size, copy, hits_first):
     """Every way of filling slots, running passes and launching layers gives the resident
     logits (the default of this backend runs in test_streamed_logits_bit_identical);
     staged with load size 1 puts each expert in a load of its own (a call's loads outnumber
     the two staging buffers, which take turns); a small read_size splits each expert's
-    read into parallel parts; a staged load is copied by slices or scattered."""
+    read into parallel parts; a staged load is copied by slices or scattered; a call with
+    misses runs its resident rows first or all at once."""
     if passes == "rows" and mx.default_device() != mx.cpu:
         pytest.skip("passes='rows' is exact only on the CPU backend (load refuses it elsewhere)")
     src, store = models[arch]
@@ -86,9 +87,11 @@ def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, 
         want = _logits_trace(resident, prompt, steps=4)
         for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2):
             model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes, overlap=overlap,
-                                staged_load_size=load_size, read_size=read_size, staged_copy=copy)  # fmt: skip
+                                staged_load_size=load_size, read_size=read_size, staged_copy=copy,
+                                hits_first=hits_first)  # fmt: skip
             got = _logits_trace(model, prompt, steps=4)
-            assert all(np.array_equal(w, g) for w, g in zip(want, got)), f"{arch} {fill}/{passes}/{overlap}/{load_size}/{read_size}/{copy} slots={slots}"
+            what = f"{arch} {fill}/{passes}/{overlap}/{load_size}/{read_size}/{copy}/{hits_first} slots={slots}"
+            assert all(np.array_equal(w, g) for w, g in zip(want, got)), what
 
 
 def test_overlap_launches_each_streamed_layer(models, monkeypatch):
@@ -140,8 +143,9 @@ def _spy_switches(model) -> list:
     return log
 
 
+@pytest.mark.parametrize("hits_first", [False, True])
 @pytest.mark.parametrize("arch", ["qwen3_moe", "gpt_oss"])
-def test_switch_calls_keep_resident_shapes(models, arch):
+def test_switch_calls_keep_resident_shapes(models, arch, hits_first):
     """Kernels are chosen by call shape (CUDA's gather_qmm changes kernel at 8 rows), so the
     streamed model calls each switch module with exactly the resident call's shapes, at
     every bank size: a hit/miss split or a pass over a subset of rows would change them."""
@@ -152,7 +156,7 @@ def test_switch_calls_keep_resident_shapes(models, arch):
     prompt = random_prompt(24)
     _logits_trace(resident, prompt, steps=4)
     for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2, _num_experts(cfg)):
-        model, _ = moe.load(store, slots_per_layer=slots, passes="full")
+        model, _ = moe.load(store, slots_per_layer=slots, passes="full", hits_first=hits_first)
         got = []
         for _, m in model.named_modules():
             if hasattr(m, "bank"):
@@ -177,6 +181,48 @@ def test_generate_same_tokens_greedy_and_sampled(models, arch):
         sampler = make_sampler(temp=0.8, top_p=0.95)
         outs.append([r.token for r in mlx_lm.stream_generate(m, t, prompt, max_tokens=12, sampler=sampler)])
     assert outs[0] == outs[1]
+
+
+def _record_order(monkeypatch, log: list) -> None:
+    """Appends ("launch", bank) / ("read", bank) / ("copy", bank) / ("sync", None) to `log`
+    as banks launch slot readers, read misses, queue staged copies, and MLX synchronizes."""
+    from mlxstore.moe.bank import ExpertBank
+
+    for name, what in (("launch", "launch"), ("_read_all", "read"), ("_copy_load", "copy")):
+        real = getattr(ExpertBank, name)
+        monkeypatch.setattr(ExpertBank, name, lambda self, *a, _r=real, _w=what: (log.append((_w, self)), _r(self, *a))[1])
+    sync = mx.synchronize
+    monkeypatch.setattr(mx, "synchronize", lambda *a: (log.append(("sync", None)), sync(*a))[1])
+
+
+@pytest.mark.parametrize("hits_first", [False, True])
+def test_staged_copies_wait_for_launched_readers(models, monkeypatch, hits_first):
+    """A staged copy into a bank whose slots a launched kernel may still read would copy the
+    whole bank array on a GPU (donation is decided when the copy is encoded), past the
+    budget: after each pass, or the resident rows of a call that runs them first, the next
+    copies into that bank wait for it (one synchronize), while the reads before them do
+    not. Passes launch each group before the next is read; hits_first launches the
+    resident rows before any miss of the call is read."""
+    _, store = models["qwen3_moe"]
+    log: list = []
+    model, _ = moe.load(store, slots_per_layer=4, fill="staged", passes="full", hits_first=hits_first)
+    _record_order(monkeypatch, log)
+    _logits_trace(model, random_prompt(24), steps=4)
+    monkeypatch.undo()
+    launched: set = set()
+    kinds = {k for k, _ in log}
+    assert {"launch", "read", "copy", "sync"} <= kinds
+    for kind, bank in log:
+        if kind == "sync":
+            launched.clear()
+        elif kind == "launch":
+            launched.add(bank)
+        elif kind == "copy":
+            assert bank not in launched, "a copy was queued into a bank a launched kernel may still read"
+    assert moe.stats(model).total.passes > 0
+    if hits_first:  # a decode call with misses: its resident rows launch before its reads
+        decode = log[next(i for i, (k, _) in enumerate(log) if k == "sync"):]
+        assert any(a == ("launch", b[1]) and b[0] == "read" for a, b in zip(decode, decode[1:]))
 
 
 @pytest.mark.parametrize("fill", ["direct", "staged"])

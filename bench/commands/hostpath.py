@@ -85,15 +85,18 @@ def command(repeat: int, trace: str | None, out: str) -> None:
     mx.eval(x, zero)
     hidden = config["hidden_size"]
     rows = {}
-    setups = {  # name: (slots, fill, preload, keep the host path, staged copy)
-        "every expert fits (identity, no sync)": (128, "direct", True, False, "slices"),
-        "100% hits, host path": (128, "direct", True, True, "slices"),
-        "25% slots, direct fill": (32, "direct", False, True, "slices"),
-        "25% slots, staged fill": (32, "staged", False, True, "slices"),
-        "25% slots, staged fill, scatter": (32, "staged", False, True, "scatter"),
+    setups = {  # name: (slots, fill, preload, keep the host path, passes (None: by backend), staged copy, hits first)
+        "every expert fits (identity, no sync)": (128, "direct", True, False, None, "slices", False),
+        "100% hits, host path": (128, "direct", True, True, None, "slices", False),
+        "25% slots, direct fill": (32, "direct", False, True, None, "slices", False),
+        "25% slots, direct fill, full": (32, "direct", False, True, "full", "slices", False),
+        "25% slots, direct fill, full, hits first": (32, "direct", False, True, "full", "slices", True),
+        "25% slots, staged fill": (32, "staged", False, True, None, "slices", False),
+        "25% slots, staged fill, scatter": (32, "staged", False, True, None, "scatter", False),
     }
-    for name, (slots, fill, pre, host, copy) in setups.items():
-        model, _ = moe.load(store, slots_per_layer=slots, fill=fill, page_cache="keep", staged_copy=copy)
+    for name, (slots, fill, pre, host, passes, copy, hits_first) in setups.items():
+        model, _ = moe.load(store, slots_per_layer=slots, fill=fill, page_cache="keep", passes=passes,
+                            staged_copy=copy, hits_first=hits_first)  # fmt: skip
         if pre:
             preload(model)
         layer = next(m for _, m in model.named_modules() if hasattr(m, "bank"))
@@ -106,11 +109,11 @@ def command(repeat: int, trace: str | None, out: str) -> None:
         copy_seconds.clear()
         rows[name] = _time_calls(layer, x, calls, repeat)
         rows[name]["copy_queue_us"] = sum(copy_seconds) / repeat * 1e6 if copy_seconds else 0.0
-    header = (f"{'configuration':42s} {'median us':>10s} {'p90 us':>8s} {'host us':>8s} {'copy us':>8s} "
+    header = (f"{'configuration':44s} {'median us':>10s} {'p90 us':>8s} {'host us':>8s} {'copy us':>8s} "
               f"{'hit rate':>8s} {'miss/call':>9s}")  # fmt: skip
     click.echo(header)
     for name, r in rows.items():
-        click.echo(f"{name:42s} {r['median_us']:10.1f} {r['p90_us']:8.1f} {r['host_us']:8.1f} {r['copy_queue_us']:8.1f} "
+        click.echo(f"{name:44s} {r['median_us']:10.1f} {r['p90_us']:8.1f} {r['host_us']:8.1f} {r['copy_queue_us']:8.1f} "
                    f"{r['hit_rate']:8.3f} {r['misses_per_call']:9.2f}")  # fmt: skip
     from bench.harness.results import new_result
 
