@@ -105,6 +105,12 @@ def load_options(command):
         option("--staged-load-size", default=load_default("staged_load_size"), show_default=True,
                help="Staged fill: bytes of each of its two host buffers (at least the largest expert); the disk "
                     "fills one while the GPU copies from the other."),
+        option("--staged-copy", type=click.Choice(["slices", "scatter"]), default=load_default("staged_copy"),
+               show_default=True, help="Staged fill: copy a load of experts into the slots with a slice update "
+                                       "per expert and tensor, or one scatter per tensor."),
+        option("--hits-first/--no-hits-first", default=load_default("hits_first"), show_default=True,
+               help="A call with misses launches its resident experts' rows before the misses are read, then "
+                    "the missed rows (a second launch)."),
         option("--overlap/--no-overlap", default=load_default("overlap"), show_default=True,
                help="Launch each streamed layer's expert kernels at once, while Python builds the next layer "
                     "(one more eval per layer)."),
@@ -144,8 +150,8 @@ def load_store(kw: dict, prompt_cache_bytes: int | None = 0, group=None):
                 prefetch=kw["prefetch"], page_cache=kw["page_cache"], check=kw["check"], reserve=reserved,
                 prefill_step_size=kw["prefill_step_size"], past_max_context=kw["past_max_context"],
                 kv_bits=kw.get("kv_bits"), kv_group_size=kw.get("kv_group_size") or 64, max_kv_size=kw.get("max_kv_size"),
-                fill=kw.get("fill"), staged_load_size=kw["staged_load_size"],
-                overlap=kw["overlap"], optimistic=kw["optimistic"],
+                fill=kw.get("fill"), staged_load_size=kw["staged_load_size"], staged_copy=kw["staged_copy"],
+                overlap=kw["overlap"], hits_first=kw["hits_first"], optimistic=kw["optimistic"],
             )  # fmt: skip
             model, tokenizer = moe.load_with(store, options, group=group)
     except (StoreError, ValueError) as e:
