@@ -127,9 +127,9 @@ def load(
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
     while Python builds the next layer, at the price of one more eval per layer (on by
     default: it won on the CPU backend and on CUDA alike; off is there to measure).
-    hits_first: with passes "full", a call with misses launches its resident experts'
-    rows before the misses are read, then the missed rows in a second call of the same
-    shape (off by default; moe.streaming).
+    hits_first: with passes "full", a decode call with misses launches its resident
+    experts' rows before the misses are read, then the missed rows in a second call of
+    the same shape (off by default; moe.streaming).
     optimistic: a decode step after one that missed nothing maps slots on the device and
     reads every layer's ids to the host once, at its end, instead of once per layer; if
     one was missing, the step's caches are put back and it runs again through the host

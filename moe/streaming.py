@@ -113,7 +113,7 @@ class StreamingExperts(nn.Module):
             t2, waited2 = time.perf_counter(), st.wait_seconds
             if misses and self.passes == "rows" and ids.size < SORT_THRESHOLD:
                 out = self._run_split(x, ids, indices.dtype, slot_ids, misses)
-            elif misses and self.hits_first and len(misses) < len(experts):
+            elif misses and self.hits_first and small and len(misses) < len(experts):
                 out = self._run_hits_first(x, ids, indices.dtype, slot_ids, misses)
             else:
                 bank.fill(misses)
@@ -200,7 +200,8 @@ class StreamingExperts(nn.Module):
         return _assemble(parts, order, ids)
 
     def _run_hits_first(self, x, ids, dtype, slot_ids, misses) -> mx.array:
-        """A call with misses in the resident call's shape ("full"), in two calls: the first,
+        """A decode call with misses in the resident call's shape ("full"), in two calls (a
+        prompt's would hold three outputs where the plan counts one): the first,
         launched before the misses are read, has every missed row pointed at a resident
         expert's slot; the second, once they are in, every resident row at a missed slot
         (so it reads only the missed experts' weights). Each row is taken from the call

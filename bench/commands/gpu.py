@@ -274,6 +274,7 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         "25%-staged-perexpert": (experts // 4, False, False, {"fill": "staged", "staged_load_size": 1}),
         "25%-staged-32MiB": (experts // 4, False, False, {"fill": "staged", "staged_load_size": "32MiB"}),
         "25%-staged-reads256KiB": (experts // 4, False, False, {"fill": "staged", "read_size": "256KiB"}),
+        "25%-staged-reads512KiB": (experts // 4, False, False, {"fill": "staged", "read_size": "512KiB"}),
         "25%-staged-reads4MiB": (experts // 4, False, False, {"fill": "staged", "read_size": "4MiB"}),
         "25%-direct": (experts // 4, False, False, {"fill": "direct"}),
         "25%-host": (experts // 4, False, False, {"fill": "staged", "optimistic": False}),
