@@ -121,8 +121,8 @@ def load(
     backend (moe.bank). staged_load_size: bytes (or "8MiB") of each of the staged fill's two
     host buffers, raised to the largest expert if smaller (the plan counts them); a call's
     misses go in loads of whole experts that fill a buffer, the disk filling one while the
-    GPU copies from the other (mlxstore.staging). staged_copy: "slices" (default) or
-    "scatter", how a staged load is copied into its slots (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
+    GPU copies from the other (mlxstore.staging). staged_copy: "scatter" (default) or
+    "slices", how a staged load is copied into its slots (moe.bank). passes: how a call needing more experts than slots runs, "full" or "rows"
     (moe.streaming; "rows" only on the CPU backend); None picks by backend. overlap:
     launch each streamed layer's expert kernels at once (`mx.async_eval`) so they run
     while Python builds the next layer, at the price of one more eval per layer (on by

@@ -41,17 +41,17 @@ DEFAULT_IO_THREADS = 16  # reads in flight: a layer's few misses, split, still f
 # disk's queue, but each costs a thread's wakeup and a GIL handoff, which from the page cache
 # cost more than the copy (README, "Linux with an NVIDIA GPU").
 DEFAULT_READ_SIZE = "1MiB"
-# Staged fill: how a load's bytes are copied into the slots, "slices" (a slice update per
-# expert and tensor) or "scatter" (one scatter per tensor for a load of experts laid out
-# alike, the load's bytes as a strided array of them: fewer MLX ops to build and launch).
-# Slices is what the H200 measured; scatter is there to measure against it (README,
-# "Linux with an NVIDIA GPU").
-DEFAULT_STAGED_COPY = "slices"
+# Staged fill: how a load's bytes are copied into the slots, "scatter" (one scatter per
+# tensor for a load of experts laid out alike, the load's bytes as a strided array of them)
+# or "slices" (a slice update per expert and tensor, also what experts laid out otherwise
+# get). Side by side on the H200, scatter queued and launched the copies in less time at
+# 50% and 25% of the experts, cold and warm (README, "Linux with an NVIDIA GPU").
+DEFAULT_STAGED_COPY = "scatter"
 # A decode call with misses, where calls keep the resident call's shape ("full"): launch
 # the call for its resident experts' rows before reading the misses, then again for the
-# missed rows (the GPU computes while the disk reads, at the price of a second launch).
-# Off is what the H200 measured; on is there to measure against it (README, "Linux with
-# an NVIDIA GPU"). With passes="rows" the resident rows always go first.
+# missed rows. On the H200 the second launch cost more than the overlap bought, so it is
+# off (README, "Linux with an NVIDIA GPU"); it is there to measure on other GPUs. With
+# passes="rows" the resident rows always go first.
 DEFAULT_HITS_FIRST = False
 
 

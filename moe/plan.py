@@ -6,8 +6,9 @@ picks + headroom for MLX's allocator. Everything here is estimated from the mode
 (no weights are read): the KV figure follows the cache types mlx-lm builds (full, sliding
 window, linear-attention state, `kv_bits` quantization, a rotating `max_kv_size`, the
 copy made when a cache grows its buffer); the activation figure is an upper bound of one
-decoder layer's temporaries for one prompt chunk (streamed layers synchronize once per MoE
-layer, so layers do not pile up) on a backend that materializes attention scores.
+decoder layer's temporaries for one prompt chunk (prompt chunks evaluate each decoder layer,
+moe.context, so layers do not pile up on any backend) on a backend that materializes
+attention scores.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ def test_peak_within_budget_at_every_prompt_length(built, arch):
     lengths = [1, 100, 1000, MAX_CONTEXT - NEW_TOKENS]  # the last fills max_context exactly
     streamed = {}
     for n in lengths:
+        mx.synchronize()  # a GPU backend frees the last run's buffers once its kernels have run
         mx.clear_cache()
         mx.reset_peak_memory()
         streamed[n] = _tokens(model, tokenizer, _prompt(n), plan.prefill_step_size)
@@ -119,3 +120,23 @@ def test_past_max_context_stops_or_warns(built, caplog):
     assert got == _tokens(resident, tokenizer, _prompt(70), 32)
     with pytest.raises(ValueError, match="past_max_context"):
         moe.load(store, slots_per_layer=8, past_max_context="ignore")
+
+
+def test_prompt_chunks_evaluate_each_layer(built, monkeypatch):
+    """MLX's GPU backends keep a batch of kernels' inputs until it has run, so layers'
+    intermediates pile up unless each is evaluated: a prompt chunk evaluates every decoder
+    layer's output (the plan counts one layer's activations); a decode step does not (a
+    sync per layer would cost)."""
+    _, store = built["qwen3_moe"]
+    model, _ = moe.load(store, slots_per_layer=8, max_context=64)
+    hidden = spec_of(store).config["hidden_size"]
+    seen: list[tuple] = []
+    real = mx.eval
+    monkeypatch.setattr(mx, "eval", lambda *a: (seen.extend(x.shape for x in a[0] if isinstance(x, mx.array))
+                                                if a and isinstance(a[0], list) else None, real(*a))[1])  # fmt: skip
+    cache = mlx_lm.models.cache.make_prompt_cache(model)
+    mx.eval(model(mx.array([_prompt(16)]), cache=cache))
+    assert seen.count((1, 16, hidden)) == len(model.layers)
+    seen.clear()
+    mx.eval(model(mx.array([[5]]), cache=cache))
+    assert (1, 1, hidden) not in seen
