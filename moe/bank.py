@@ -94,7 +94,9 @@ class ExpertBank:
         if options.fill == "staged" and staging is None:
             raise ValueError("a staged bank needs the model's HostStaging")
         self.staging = staging
-        self._offsets = _alike_offsets(group, tensors)  # where each tensor sits in any expert's extent
+        # where each tensor sits in any expert's extent, when staged loads are scattered
+        scatter = options.fill == "staged" and options.copy == "scatter"
+        self._offsets = _alike_offsets(group, tensors) if scatter else None
         self.stats = LayerStats()
         self.predicted: set[int] = set()
         # Once every expert is resident for good: expert -> slot on the device, or
@@ -307,7 +309,7 @@ class ExpertBank:
                     _verify(t, e, buf.view[start : start + t.pieces[e].length])
             bases.append(base)
             base += extent.length
-        if self.options.copy == "scatter" and len(load) > 1 and self._offsets is not None:
+        if len(load) > 1 and self._offsets is not None:
             self._scatter_load(buf, load)
         else:
             for ((e, s), extent), at in zip(load, bases):

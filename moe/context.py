@@ -77,11 +77,11 @@ def _guarded_class(cls: type) -> type:
             if cache is None:
                 cache = next((a for a in args[1:] if hasattr(a, "offset") and hasattr(a, "update_and_fetch")), None)
             x = args[0] if args else kwargs.get("x")
-            chunk = getattr(x, "ndim", 0) >= 2 and x.shape[1] > 1
-            if cache is not None and isinstance(getattr(cache, "offset", None), int) and getattr(x, "ndim", 0) >= 2:
-                self.mlxstore_context.check(cache.offset, x.shape[1])
+            tokens = x.shape[1] if getattr(x, "ndim", 0) >= 2 else 0
+            if cache is not None and isinstance(getattr(cache, "offset", None), int) and tokens:
+                self.mlxstore_context.check(cache.offset, tokens)
             out = cls.__call__(self, *args, **kwargs)
-            if chunk:
+            if tokens > 1:
                 mx.eval([v for _, v in tree_flatten(out) if isinstance(v, mx.array)])
             return out
 

@@ -159,3 +159,29 @@ def test_alike_experts_are_scattered_others_copied_one_by_one(model_dir, store_d
         monkeypatch.undo()
         assert np.array_equal(got, want), f"{copy}, alike={alike}"
         assert indices and (mx.array in indices) == (copy == "scatter" and alike), set(indices)
+
+
+@pytest.mark.parametrize("length", [80, 74])
+def test_scatter_puts_each_tensor_row_in_its_slot(length):
+    """`_scatter_load` on a load of three experts laid out alike: each tensor's row lands in
+    its slot byte for byte, whether the extent length lets a tensor's dtype view the load
+    while contiguous (80) or not (74: the column range is reinterpreted instead)."""
+    from types import SimpleNamespace
+
+    from mlxstore.moe.bank import ExpertBank
+
+    experts, slots, n = 4, 5, 3
+    tensors = [SimpleNamespace(nbytes=experts * 6, shape=(experts, 6)),  # uint8 rows of 6 at offset 0
+               SimpleNamespace(nbytes=experts * 64, shape=(experts, 4, 4))]  # uint32 rows of 64 at offset 8  # fmt: skip
+    arrays = [mx.zeros((slots, 6), dtype=mx.uint8), mx.zeros((slots, 4, 4), dtype=mx.uint32)]
+    bank = SimpleNamespace(tensors=tensors, arrays=arrays, _offsets=[0, 8])
+    data = np.random.default_rng(0).integers(0, 256, size=n * length, dtype=np.uint8)
+    buf = SimpleNamespace(array=mx.array(data))
+    load = [((e, s), SimpleNamespace(length=length)) for e, s in ((3, 4), (0, 1), (2, 0))]
+    ExpertBank._scatter_load(bank, buf, load)
+    mx.eval(arrays)
+    rows = data.reshape(n, length)
+    for i, ((_, s), _) in enumerate(load):
+        assert np.array_equal(np.array(arrays[0][s]), rows[i, 0:6])
+        assert np.array_equal(np.array(arrays[1][s]).view(np.uint8).reshape(-1), rows[i, 8:72])
+    assert not np.array(arrays[0][2]).any() and not np.array(arrays[1][3]).any()  # slots not in the load
