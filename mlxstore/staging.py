@@ -24,14 +24,17 @@ from .buffers import alloc_bytes
 BUFFERS = 2  # one the disk fills while the GPU copies from the other
 
 
-def buffer_bytes(load_size: int, largest: int) -> int:
-    """Bytes of one staging buffer: `load_size`, or the largest extent if that is larger."""
-    return max(load_size, largest)
+def buffer_bytes(load_size: int, largest: int, slots: int | None = None) -> int:
+    """Bytes of one staging buffer: `load_size`, but no more than one call of a layer reads
+    at once (`slots` of the largest extent: a call never fills more slots than its layer
+    has), and at least the largest extent."""
+    cap = load_size if slots is None else min(load_size, slots * largest)
+    return max(cap, largest)
 
 
-def staging_bytes(load_size: int, largest: int) -> int:
+def staging_bytes(load_size: int, largest: int, slots: int | None = None) -> int:
     """Memory a `HostStaging` of these sizes holds for as long as it lives."""
-    return BUFFERS * buffer_bytes(load_size, largest)
+    return BUFFERS * buffer_bytes(load_size, largest, slots)
 
 
 def pack_loads(lengths: Sequence[int], capacity: int) -> list[int]:

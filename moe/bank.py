@@ -20,6 +20,7 @@ that needs it, and every kernel that read the slot's old expert was queued befor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -47,12 +48,14 @@ def default_fill_mode() -> str:
     return "direct" if unified_memory() else "staged"
 
 
-def staging_bytes_for(fill: str | None, load_size: int | str, largest: int) -> int:
-    """Host memory a model's staged fill holds for good (`fill` None: this backend's; direct
-    fill holds none), with `largest` the largest expert extent of the model."""
+def staging_bytes_for(fill: str | None, load_size: int | str, largest: int) -> Callable[[int], int]:
+    """Host memory a model's staged fill holds for good, given its slots per layer (`fill`
+    None: this backend's; direct fill holds none), with `largest` the largest expert extent
+    of the model."""
     if (fill or default_fill_mode()) != "staged":
-        return 0
-    return staging_bytes(parse_size(load_size), largest)
+        return lambda slots: 0
+    size = parse_size(load_size)
+    return lambda slots: staging_bytes(size, largest, slots)
 
 
 @dataclass(frozen=True)

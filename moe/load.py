@@ -203,7 +203,7 @@ def _load(s: Store, o: LoadOptions, group):
         osio.advise_random(fd)  # a miss is read in parallel parts: readahead would fetch each part's successor again
     bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads,
                                read_size=parse_size(o.read_size), copy=o.staged_copy)  # fmt: skip
-    host_staging = HostStaging(buffer_bytes(load_size, largest)) if fill == "staged" else None
+    host_staging = HostStaging(buffer_bytes(load_size, largest, plan.slots_per_layer)) if fill == "staged" else None
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]

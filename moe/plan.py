@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlxstore.sizes import format_in, format_size, parse_size, unit_of
@@ -251,20 +252,22 @@ def make_plan(
     reserve: int | str = 0,
     prefill_step_size: int | None = None,
     cache: CacheOptions = CacheOptions(),
-    staging: int = 0,
+    staging: Callable[[int], int] | int = 0,
 ) -> Plan:
     """Slots per layer and prefill step for a budget (or the given ones), with a clear error when too small.
 
     The step is the largest power of two up to MAX_PREFILL_STEP whose activations fit in
     ACTIVATION_SHARE of what dense + KV + top-k slots + headroom leave (at least 1); the
     rest buys slots. A caller's `prefill_step_size` is taken as given and must fit.
-    `staging` is what a staged fill's host buffers hold (`moe.bank.staging_bytes_for`).
+    `staging` is what a staged fill's host buffers hold for a number of slots per layer
+    (`moe.bank.staging_bytes_for`), or a fixed size.
     """
     from mlxstore.formats import StoreError
 
     if prefill_step_size is not None and prefill_step_size < 1:
         raise StoreError(f"prefill_step_size must be >= 1, got {prefill_step_size}")
-    reserved = parse_size(reserve) + staging  # both are fixed costs the plan works around
+    staged = staging if callable(staging) else (lambda slots: staging)
+    kept = parse_size(reserve)  # a fixed cost the plan works around, like the staging buffers
     budget_bytes = parse_size(budget) if budget is not None else None
     if budget_bytes is None and slots_per_layer is None:
         budget_bytes = available_memory()
@@ -283,7 +286,7 @@ def make_plan(
 
     def fits(step: int, share: float) -> bool:
         kv, act = cost(step)
-        free = budget_bytes - dense_bytes - fixed_slots * expert_bytes - kv - head - reserved
+        free = budget_bytes - dense_bytes - fixed_slots * expert_bytes - kv - head - kept - staged(fixed_slots)
         return act <= free * share
 
     steps = [prefill_step_size] if prefill_step_size is not None else [
@@ -297,24 +300,40 @@ def make_plan(
     if slots_per_layer is not None:
         slots = fixed_slots
     else:
-        free = budget_bytes - dense_bytes - kv - act - head - reserved
-        slots = min(num_experts, free // expert_bytes) if expert_bytes else num_experts
+        slots = _slots_that_fit(budget_bytes - dense_bytes - kv - act - head - kept, expert_bytes, num_experts, staged)
         if slots < top_k:
-            minimum = dense_bytes + top_k * expert_bytes + kv + act + head + reserved
+            staging_min = staged(top_k)
+            minimum = dense_bytes + top_k * expert_bytes + kv + act + head + kept + staging_min
             typed = budget is not None  # state the minimum in the unit the user wrote
             shown = str(budget).strip() if typed else format_size(budget_bytes)
             need = format_in(minimum, unit_of(budget)) if typed else format_size(minimum)
-            kept = f" + reserved {format_size(reserved - staging)}" if reserved - staging else ""
-            kept += f" + staging {format_size(staging)}" if staging else ""
+            extra = f" + reserved {format_size(kept)}" if kept else ""
+            extra += f" + staging {format_size(staging_min)}" if staging_min else ""
             raise StoreError(
                 f"memory budget {shown} is too small: at least {need} "
                 f"is needed (dense {format_size(dense_bytes)} + {top_k} slots x {num_layers} layers "
                 f"{format_size(top_k * expert_bytes)} + KV at {max_context} tokens {format_size(kv)} "
                 f"+ activations at prefill step {step} {format_size(act)} "
-                f"+ headroom {format_size(head)}{kept})"
+                f"+ headroom {format_size(head)}{extra})"
             )
     return Plan(budget_bytes, dense_bytes, expert_bytes, num_layers, num_experts, top_k, slots, kv, head, max_context,
-                reserved - staging, step, act, staging)  # fmt: skip
+                kept, step, act, staged(slots))  # fmt: skip
+
+
+def _slots_that_fit(free: int, expert_bytes: int, num_experts: int, staged: Callable[[int], int]) -> int:
+    """The most slots per layer (up to num_experts) whose banks and staging fit in `free`
+    (0 if none). Staging grows with the slots up to its load size, so what fits is found
+    by bisection: if n slots fit, so do fewer."""
+    if not expert_bytes:
+        return num_experts
+    low, high = 0, num_experts
+    while low < high:
+        mid = (low + high + 1) // 2
+        if mid * expert_bytes + staged(mid) <= free:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def smallest_budget(plan_at, good=lambda plan: True, high: int = 1 << 50) -> int | None:

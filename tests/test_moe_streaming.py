@@ -284,12 +284,13 @@ def test_budget_too_small_says_minimum(models):
         moe.load(store, memory_budget="1KB")
 
 
-def test_budget_derives_slots(models):
+@pytest.mark.parametrize("fill", ["direct", "staged"])
+def test_budget_derives_slots(models, fill):
     _, store = models["qwen3_moe"]
-    model, _ = moe.load(store, slots_per_layer=16)
-    full = moe.plan_of(model)
-    budget = full.dense_bytes + full.kv_bytes + full.activation_bytes + 6 * full.expert_bytes + (64 << 20)
-    model, _ = moe.load(store, memory_budget=budget, headroom=64 << 20, prefill_step_size=full.prefill_step_size)
+    model, _ = moe.load(store, slots_per_layer=6, headroom=64 << 20, fill=fill)
+    six = moe.plan_of(model)  # everything six slots take, staging buffers included
+    model, _ = moe.load(store, memory_budget=six.total_bytes, headroom=64 << 20,
+                        prefill_step_size=six.prefill_step_size, fill=fill)  # fmt: skip
     assert moe.plan_of(model).slots_per_layer == 6
     assert "budget" in moe.plan_of(model).describe()
 
@@ -331,8 +332,10 @@ def test_failed_read_leaves_bank_consistent(models, monkeypatch):
     assert np.array_equal(want, got)
 
 
-def test_peak_memory_within_budget(tmp_path):
-    """Experts several times the budget stream within budget + a small stated overhead."""
+@pytest.mark.parametrize("fill", ["direct", "staged"])
+def test_peak_memory_within_budget(tmp_path, fill):
+    """Experts several times the budget stream within budget + a small stated overhead
+    (staged: with staging buffers no larger than the slots can use)."""
     arch = "qwen3_moe"
     overrides = {"num_experts": 64, "moe_intermediate_size": 256, "num_hidden_layers": 4, "hidden_size": 256}
     src = make_model_dir(arch, tmp_path / "src", config_overrides=overrides, seed=2)
@@ -343,7 +346,7 @@ def test_peak_memory_within_budget(tmp_path):
     budget = dense + expert_total // 4
     mx.clear_cache()
     mx.reset_peak_memory()
-    model, _ = moe.load(store, memory_budget=budget, max_context=64, headroom=256 << 10)
+    model, _ = moe.load(store, memory_budget=budget, max_context=64, headroom=256 << 10, fill=fill)
     plan = moe.plan_of(model)
     assert plan.slots_per_layer < 64 // 3
     _logits_trace(model, random_prompt(16), steps=8)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from mlxstore import cudamem, moe, staging
+from mlxstore.moe.options import DEFAULT_STAGED_LOAD_SIZE
 from mlxstore.moe.spec import spec_of
+from mlxstore.sizes import parse_size
 
 
 def test_pack_loads_takes_whole_extents_that_fit():
@@ -26,6 +28,32 @@ def test_buffers_hold_the_largest_expert_at_least():
     assert staging.buffer_bytes(8 << 20, 1 << 20) == 8 << 20
     assert staging.buffer_bytes(1, 3 << 20) == 3 << 20
     assert staging.staging_bytes(1, 3 << 20) == staging.BUFFERS * (3 << 20)
+
+
+def test_buffers_hold_no_more_than_a_layer_fills_in_one_call():
+    """A call fills at most its layer's slots: a buffer past that would never be used."""
+    assert staging.buffer_bytes(8 << 20, 1 << 20, slots=3) == 3 << 20
+    assert staging.buffer_bytes(8 << 20, 1 << 20, slots=16) == 8 << 20
+    assert staging.buffer_bytes(8 << 20, 3 << 20, slots=1) == 3 << 20
+
+
+def test_a_small_budget_gets_staging_sized_to_its_slots(store_dir):
+    """A budget too small for two default-sized buffers still plans and loads staged, with
+    buffers the size of its slots; one slot more would not fit."""
+    store = store_dir("qwen3_moe")
+    spec = spec_of(store)
+    kw = {"headroom": "256KiB", "max_context": 256}
+    full = staging.staging_bytes(parse_size(DEFAULT_STAGED_LOAD_SIZE), spec.largest_expert_bytes)
+    model, _ = moe.load(store, fill="staged", memory_budget="2400KiB", **kw)
+    plan = moe.plan_of(model)
+    assert plan.total_bytes <= plan.budget < full and plan.slots_per_layer < spec.num_experts
+    assert plan.staging_bytes == staging.staging_bytes(parse_size(DEFAULT_STAGED_LOAD_SIZE),
+                                                       spec.largest_expert_bytes, plan.slots_per_layer)  # fmt: skip
+    banks = [m.bank for _, m in model.named_modules() if hasattr(m, "bank")]
+    assert banks[0].staging.nbytes == plan.staging_bytes
+    more = spec.plan(None, slots_per_layer=plan.slots_per_layer + 1, prefill_step_size=plan.prefill_step_size,
+                     fill="staged", **kw)  # fmt: skip
+    assert more.total_bytes > plan.budget
 
 
 def test_a_buffer_is_rewritten_only_after_its_copies_ran():
@@ -104,14 +132,14 @@ def test_loaded_runtime_reads_the_process_mappings(tmp_path):
 def test_plan_counts_the_staging_buffers(store_dir):
     """moe.load's plan and `mlxstore plan`'s agree on what the staged fill holds."""
     store = store_dir("qwen3_moe")
-    kw = {"memory_budget": "4MiB", "headroom": "256KiB", "max_context": 256}
+    kw = {"memory_budget": "2400KiB", "headroom": "256KiB", "max_context": 256}
     direct, _ = moe.load(store, fill="direct", **kw)
     staged, _ = moe.load(store, fill="staged", staged_load_size="1MiB", **kw)
     pd, ps = moe.plan_of(direct), moe.plan_of(staged)
     spec = spec_of(store)
     largest = spec.largest_expert_bytes
     assert largest > 0 and pd.staging_bytes == 0
-    assert ps.staging_bytes == staging.staging_bytes(1 << 20, largest)
+    assert ps.staging_bytes == staging.staging_bytes(1 << 20, largest, ps.slots_per_layer)
     assert ps.total_bytes <= ps.budget and ps.slots_per_layer < pd.slots_per_layer
     assert spec.plan(kw["memory_budget"], headroom="256KiB", max_context=256, fill="staged", staged_load_size="1MiB") == ps
     assert spec.plan(kw["memory_budget"], headroom="256KiB", max_context=256, fill="direct") == pd
