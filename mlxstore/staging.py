@@ -15,6 +15,7 @@ them), so the host never overwrites bytes a queued copy has yet to read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 import mlx.core as mx
 
@@ -53,16 +54,21 @@ def pack_loads(lengths: Sequence[int], capacity: int) -> list[int]:
 
 
 class StagingBuffer:
-    """One host buffer: a flat uint8 MLX array, its host view, and the arrays whose queued
-    copies read it."""
+    """One host buffer: a flat uint8 MLX array, its host view, the arrays whose queued
+    copies read it, and the reads still landing in it (futures of the caller's pool)."""
 
     def __init__(self, nbytes: int):
         self.array, self.view = alloc_bytes(nbytes)
         self.advised = cudamem.prefer_host(self.view)
         self.readers: list[mx.array] = []
+        self.writes: list[Future] = []
 
     def wait(self) -> None:
-        """Return once every copy that reads this buffer has run."""
+        """Return once every read into this buffer has ended (failed ones too: their bytes
+        are never used) and every copy that reads it has run."""
+        for future in self.writes:
+            future.exception()
+        self.writes = []
         if self.readers:
             mx.eval(self.readers)
             self.readers = []

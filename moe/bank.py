@@ -34,7 +34,7 @@ from mlxstore.buffers import MX_DTYPES, unified_memory
 from mlxstore.formats import ChecksumError, ExpertGroup, StoreError, Tensor
 from mlxstore.formats.layout import xxh3
 from mlxstore.sizes import parse_size
-from mlxstore.staging import HostStaging, StagingBuffer, pack_loads, staging_bytes
+from mlxstore.staging import BUFFERS, HostStaging, StagingBuffer, pack_loads, staging_bytes
 
 from .policy import SlotPolicy
 from .stats import LayerStats
@@ -48,14 +48,22 @@ def default_fill_mode() -> str:
     return "direct" if unified_memory() else "staged"
 
 
-def staging_bytes_for(fill: str | None, load_size: int | str, largest: int) -> Callable[[int], int]:
-    """Host memory a model's staged fill holds for good, given its slots per layer (`fill`
-    None: this backend's; direct fill holds none), with `largest` the largest expert extent
-    of the model."""
+def staging_bytes_for(fill: str | None, load_size: int | str, largest: int, ahead: int = 0) -> Callable[[int], int]:
+    """Host memory a model's staging holds for good, given its slots per layer: the staged
+    fill's buffers (`fill` None: this backend's; direct fill holds none), with `largest`
+    the largest expert extent of the model, and the read-ahead buffers of `ahead` bytes
+    each (`ahead_bytes`; 0: no read-ahead)."""
+    extra = BUFFERS * ahead
     if (fill or default_fill_mode()) != "staged":
-        return lambda slots: 0
+        return lambda slots: extra
     size = parse_size(load_size)
-    return lambda slots: staging_bytes(size, largest, slots)
+    return lambda slots: staging_bytes(size, largest, slots) + extra
+
+
+def ahead_bytes(prefetch: str, top_k: int, largest: int) -> int:
+    """Bytes of one read-ahead buffer: a token's predicted experts (prefetch
+    "next-layer-read"), else 0."""
+    return top_k * largest if prefetch == "next-layer-read" else 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class ExpertBank:
         pool: Executor,
         options: BankOptions,
         staging: HostStaging | None = None,
+        ahead: HostStaging | None = None,
     ):
         self.name = name
         self.group = group
@@ -97,6 +106,11 @@ class ExpertBank:
         if options.fill == "staged" and staging is None:
             raise ValueError("a staged bank needs the model's HostStaging")
         self.staging = staging
+        # read-ahead (prefetch "next-layer-read"): the model's buffers, and the experts the
+        # layer before read into one of them for this layer's next call (expert -> offset)
+        self.ahead = ahead
+        self._ahead_buf: StagingBuffer | None = None
+        self._ahead_at: dict[int, int] = {}
         # where each tensor sits in any expert's extent, when staged loads are scattered
         scatter = options.fill == "staged" and options.copy == "scatter"
         self._offsets = _alike_offsets(group, tensors) if scatter else None
@@ -172,13 +186,17 @@ class ExpertBank:
             self._device_slots = None  # residency changes (a failed read empties its slot)
             if self.predicted:
                 st.prefetch_used += sum(1 for e, _ in misses if e in self.predicted)
-            self._read_all(misses)
+            try:
+                self._read_all(misses)
+            finally:
+                self._end_ahead()
             st.bytes_read += sum(self.group.extents[e].length for e, _ in misses)
             took = time.perf_counter() - start
             st.read_seconds += took
             if self.options.fill == "direct":  # the reads are the copy (staged counts its own)
                 st.file_seconds += took
         self.predicted = set()
+        self._end_ahead()
         st.wait_seconds += time.perf_counter() - start
         if misses and self.num_slots >= self.num_experts:
             resident = self.policy.resident()
@@ -218,6 +236,19 @@ class ExpertBank:
         return slots
 
     def _read_all(self, misses: list[tuple[int, int]]) -> None:
+        ahead = [m for m in misses if m[0] in self._ahead_at]
+        if ahead:
+            try:
+                self._fill_from_ahead(ahead)
+            except BaseException as exc:  # no slot of the call can be trusted: empty them all
+                for _, s in misses:
+                    self.policy.forget(s)
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"{self.name}: reading experts {[e for e, _ in ahead]} ahead failed: {exc}") from exc
+            misses = [m for m in misses if m[0] not in self._ahead_at]
+            if not misses:
+                return
         if self.options.fill == "staged":
             try:
                 self._stage(misses)
@@ -301,19 +332,19 @@ class ExpertBank:
             base += extent.length
         return buf, futures
 
-    def _copy_load(self, buf: StagingBuffer, load) -> None:
-        """Queue the copies of one read load from its buffer into the slots (MLX ops)."""
+    def _copy_load(self, buf: StagingBuffer, load, bases: list[int] | None = None) -> None:
+        """Queue the copies of one read load from its buffer into the slots (MLX ops); the
+        load's extents sit one after another from the buffer's start, or at `bases`."""
         buf.readers = list(self.arrays)  # before any copy is queued: a failure below still waits
-        bases, base = [], 0
-        for (e, _), extent in load:
-            if self.options.check:
+        if bases is None:
+            bases = np.cumsum([0] + [x.length for _, x in load[:-1]]).tolist()
+        if self.options.check:
+            for ((e, _), extent), at in zip(load, bases):
                 for t in self.tensors:
-                    start = base + t.pieces[e].offset - extent.offset
+                    start = at + t.pieces[e].offset - extent.offset
                     _verify(t, e, buf.view[start : start + t.pieces[e].length])
-            bases.append(base)
-            base += extent.length
         if len(load) > 1 and self._offsets is not None:
-            self._scatter_load(buf, load)
+            self._scatter_load(buf, load, [at // load[0][1].length for at in bases])
         else:
             for ((e, s), extent), at in zip(load, bases):
                 for t, arr in zip(self.tensors, self.arrays):
@@ -325,12 +356,16 @@ class ExpertBank:
             for _, extent in load:
                 self._drop(extent)
 
-    def _scatter_load(self, buf: StagingBuffer, load) -> None:
+    def _scatter_load(self, buf: StagingBuffer, load, rows: list[int]) -> None:
         """One scatter per tensor: a load of n experts laid out alike is an [n, extent]
-        array, and each tensor a column range of it. The bytes are reinterpreted while
-        still contiguous, so no backend copies them before the scatter reads them."""
+        array (the buffer's extent-sized `rows`), and each tensor a column range of it.
+        The bytes are reinterpreted while still contiguous, so no backend copies them
+        before the scatter reads them (rows other than the first n are gathered first)."""
         n, length = len(load), load[0][1].length
-        flat = buf.array[: n * length]
+        if rows == list(range(n)):
+            flat = buf.array[: n * length]
+        else:
+            flat = buf.array[: (max(rows) + 1) * length].reshape(-1, length)[mx.array(rows)].reshape(-1)
         slots = mx.array([s for (_, s), _ in load], dtype=mx.uint32)
         typed: dict = {}
         for t, arr, at in zip(self.tensors, self.arrays, self._offsets):
@@ -346,6 +381,75 @@ class ExpertBank:
     def _read_ahead(self, extents) -> None:
         for x in extents:
             osio.advise_willneed(self.fds[x.shard], x.offset, x.length)
+
+    # ------------------------------------------------------------ read-ahead
+
+    def read_ahead(self, experts) -> None:
+        """Start reading predicted experts that are not resident into one of the model's
+        read-ahead buffers, for this layer's next call to take instead of reading them
+        (prefetch "next-layer-read", issued by the layer before once its own misses are
+        in). Whole extents, as many as fit; nothing is evicted for them, so a wrong
+        prediction costs only the reads."""
+        if self.ahead is None:
+            return
+        self._end_ahead()  # a prediction no call took
+        resident = self.policy.resident()
+        chosen, base = {}, 0
+        for e in experts:
+            e = int(e)
+            if e in resident or e in chosen or not 0 <= e < self.num_experts:
+                continue
+            length = self.group.extents[e].length
+            if base + length > self.ahead.capacity:
+                break
+            chosen[e] = base
+            base += length
+        if not chosen:
+            return
+        buf = self.ahead.take()  # its earlier reads have ended and its copies have run
+        for e, at in chosen.items():
+            extent = self.group.extents[e]
+            fd, what = self.fds[extent.shard], f"{self.name} expert {e} (read ahead)"
+            view = buf.view[at : at + extent.length]
+            buf.writes += [self.pool.submit(osio.read_extent_into, fd, off, views, what)
+                           for off, views in osio.split_reads(extent.offset, [view], self.options.io_threads, self.options.read_size)]  # fmt: skip
+            self.stats.prefetch_issued += 1
+            self.stats.prefetch_bytes += extent.length
+        self.predicted.update(chosen)
+        self._ahead_buf, self._ahead_at = buf, chosen
+
+    def _fill_from_ahead(self, ahead: list[tuple[int, int]]) -> None:
+        """Misses the layer before read ahead: once those reads have landed, copied into
+        their slots from the read-ahead buffer (staged: MLX copies; direct: host copies)."""
+        buf = self._ahead_buf
+        began = time.perf_counter()
+        for future in buf.writes:
+            future.result()  # a failed read raises here: `_read_all`'s caller empties the slots
+        self.stats.file_seconds += time.perf_counter() - began
+        self.stats.ahead_used += len(ahead)
+        load = [((e, s), self.group.extents[e]) for e, s in ahead]
+        bases = [self._ahead_at.pop(e) for e, _ in ahead]  # taken: `_end_ahead` leaves their pages to the fill
+        if self.options.fill == "staged":
+            if self._launched:
+                mx.synchronize()  # as in `_stage`: copies wait for a launched reader of the bank
+                self._launched = False
+            self._copy_load(buf, load, bases)
+            return
+        for ((e, s), extent), at in zip(load, bases):
+            for t, (view, row) in zip(self.tensors, self._rows):
+                start = at + t.pieces[e].offset - extent.offset
+                view[s * row : (s + 1) * row] = buf.view[start : start + row]
+            self._after_read(e, s)
+
+    def _end_ahead(self) -> None:
+        """Forget this call's read-ahead; with page_cache "drop", let the OS drop the pages
+        of what was read ahead and not taken too."""
+        if self._ahead_buf is None:
+            return
+        if self.options.page_cache == "drop":
+            for e in self._ahead_at:
+                self._drop(self.group.extents[e])
+        self._ahead_buf, self._ahead_at = None, {}
 
     # ------------------------------------------------------------ prefetch
 

@@ -33,7 +33,7 @@ from mlxstore.store import open as open_store
 from mlxstore.switches import find_switches
 
 from . import pipeline
-from .bank import BankOptions, ExpertBank, default_fill_mode, staging_bytes_for
+from .bank import BankOptions, ExpertBank, ahead_bytes, default_fill_mode, staging_bytes_for
 from .context import guard as guard_context
 from .optimistic import Optimism
 from .optimistic import install as install_optimism
@@ -101,7 +101,9 @@ def load(
     slots_per_layer: fixes the bank size (overrides the budget's derivation).
     max_context: tokens of KV cache the budget reserves. headroom: bytes kept free for
     activations (default 5% of the budget, at least 64 MiB). policy: slot replacement
-    policy (moe.policy). prefetch: "none", "temporal" or "next-layer". page_cache:
+    policy (moe.policy). prefetch: "none", "temporal", "next-layer" (OS hints) or
+    "next-layer-read" (the next layer's predicted experts read into host buffers; the
+    plan counts them). page_cache:
     "keep" or "drop" a read expert's pages from the OS cache. io_threads, read_size: a
     call's misses are read in parts of at least read_size bytes (or "1MiB"), up to
     io_threads at once. check: verify the checksum
@@ -191,7 +193,8 @@ def _load(s: Store, o: LoadOptions, group):
     fill = o.fill or default_fill_mode()
     load_size = parse_size(o.staged_load_size)
     largest = largest_extent(s, sites)
-    plan = _plan(s, sites, dense, config, o, model, staging_bytes_for(fill, load_size, largest))
+    ahead = ahead_bytes(o.prefetch, max((site.top_k or 1) for site in sites), largest)
+    plan = _plan(s, sites, dense, config, o, model, staging_bytes_for(fill, load_size, largest, ahead))
     log.info(plan.describe())
     load_weights(model, s, dense, check=o.check)
 
@@ -204,13 +207,14 @@ def _load(s: Store, o: LoadOptions, group):
     bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads,
                                read_size=parse_size(o.read_size), copy=o.staged_copy)  # fmt: skip
     host_staging = HostStaging(buffer_bytes(load_size, largest, plan.slots_per_layer)) if fill == "staged" else None
+    ahead_staging = HostStaging(ahead) if ahead else None  # the next layer's predicted experts
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]
         tensors = [s.index.tensors[n] for n in expert_group.tensors]
         bank = ExpertBank(site.path, site.module, expert_group, tensors,
                           make_policy(o.policy, plan.slots_per_layer, expert_group.num_experts),
-                          fds, pool, bank_options, host_staging)  # fmt: skip
+                          fds, pool, bank_options, host_staging, ahead_staging)  # fmt: skip
         wrapper = StreamingExperts(site.module, bank, o.prefetch, passes, o.overlap, o.hits_first)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append((site, wrapper))

@@ -45,7 +45,7 @@ class Plan:
     reserved_bytes: int = 0  # kept for a caller's own use, e.g. the server's prompt cache
     prefill_step_size: int = MAX_PREFILL_STEP  # prompt tokens per forward pass generation must use
     activation_bytes: int = 0  # prefill temporaries at prefill_step_size and max_context
-    staging_bytes: int = 0  # host buffers a staged fill reads misses into (mlxstore.staging)
+    staging_bytes: int = 0  # host buffers misses are read into: the staged fill's and the read-ahead's
 
     @property
     def bank_bytes(self) -> int:

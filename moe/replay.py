@@ -64,10 +64,14 @@ class ReplayedExperts(nn.Module):
 
     def take(self, tokens: int, k: int) -> np.ndarray:
         """The next `tokens` rows of the table, wrapping around; advances the cursor."""
+        rows = self.peek(tokens, k)
+        set_plain(self, "cursor", (self.cursor + tokens) % self.table(k).shape[0])
+        return rows
+
+    def peek(self, tokens: int, k: int) -> np.ndarray:
+        """The rows the next call of `tokens` tokens will take (the cursor stays)."""
         table = self.table(k)
-        rows = np.arange(self.cursor, self.cursor + tokens) % table.shape[0]
-        set_plain(self, "cursor", (self.cursor + tokens) % table.shape[0])
-        return table[rows]
+        return table[np.arange(self.cursor, self.cursor + tokens) % table.shape[0]]
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         inner = self.inner
@@ -134,12 +138,16 @@ def replay(
     seed: int = 0,
     record: bool = False,
     sync: bool | None = None,
+    foresight: bool = False,
 ) -> list[ReplayedExperts]:
     """Make every MoE layer of `model` replay `trace`; returns the wrappers in layer order.
 
     phases: which trace rows are replayed (generation rows by default: prompt rows of
     recorded traces are incomplete). record: keep every substituted id array in `.log`.
     sync: evaluate the router's ids before substituting (default: only streamed layers).
+    foresight: next-layer prefetch predicts exactly the ids the next layer will replay,
+    an upper bound on what any predictor can give (a replayed model's own router cannot
+    predict a trace, so it measures only what wrong predictions cost).
     """
     sites = _switch_sites(model)
     if not sites:
@@ -158,6 +166,11 @@ def replay(
         wrapper = ReplayedExperts(site.module, calls, experts, seed * 100_003 + n, record, sync)
         setattr(site.parent, site.attr, wrapper)
         wrappers.append(wrapper)
+    if foresight:
+        for this, after in zip(wrappers, wrappers[1:]):
+            nxt = getattr(this.inner, "next_layer", None)
+            if nxt is not None and isinstance(after.inner, StreamingExperts) and nxt.bank is after.inner.bank:
+                nxt.predict = lambda x, after=after, k=nxt.top_k: mx.array(after.peek(x.size // x.shape[-1], k))
     return wrappers
 
 
@@ -178,3 +191,6 @@ def restore(model: nn.Module) -> None:
     for site in _switch_sites(model):
         if isinstance(site.module, ReplayedExperts):
             setattr(site.parent, site.attr, site.module.inner)
+            nxt = getattr(site.module.inner, "next_layer", None)
+            if nxt is not None:
+                nxt.predict = None  # foresight ends with the replay

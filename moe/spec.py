@@ -23,8 +23,8 @@ from mlxstore.formats import DTYPE_SIZES, StoreError
 from mlxstore.formats.layout import PART_ALIGNMENT
 from mlxstore.switches import find_switches
 
-from .bank import staging_bytes_for
-from .options import DEFAULT_STAGED_LOAD_SIZE
+from .bank import ahead_bytes, staging_bytes_for
+from .options import DEFAULT_PREFETCH, DEFAULT_STAGED_LOAD_SIZE
 from .plan import CacheOptions, Plan, make_plan
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -58,11 +58,13 @@ class ModelSpec:
     def plan(self, budget: int | str | None, **kw) -> Plan:
         """`make_plan` for this model; kw: max_context, headroom, slots_per_layer, reserve,
         prefill_step_size, `kv_bits`, `kv_group_size`, `max_kv_size` for the cache, and
-        `fill`, `staged_load_size` as `moe.load` takes them (None: this backend's fill)."""
+        `fill`, `staged_load_size`, `prefetch` as `moe.load` takes them (fill None: this
+        backend's)."""
         cache = CacheOptions(kv_bits=kw.pop("kv_bits", None), kv_group_size=kw.pop("kv_group_size", 64),
                              max_kv_size=kw.pop("max_kv_size", None), latent=self.latent_kv)  # fmt: skip
+        ahead = ahead_bytes(kw.pop("prefetch", DEFAULT_PREFETCH), self.top_k, self.largest_expert_bytes)
         staging = staging_bytes_for(kw.pop("fill", None), kw.pop("staged_load_size", DEFAULT_STAGED_LOAD_SIZE),
-                                    self.largest_expert_bytes)  # fmt: skip
+                                    self.largest_expert_bytes, ahead)  # fmt: skip
         return make_plan(budget=budget, dense_bytes=self.dense_bytes, expert_bytes=self.expert_bytes,
                          num_layers=self.num_layers, num_experts=self.num_experts, top_k=self.top_k,
                          config=self.config, itemsize=self.itemsize, cache=cache, staging=staging, **kw)  # fmt: skip

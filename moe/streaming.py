@@ -23,6 +23,7 @@ end, and the layer accounts its call (lookups, counters) at its next call.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -36,7 +37,7 @@ from .discover import predict_experts
 from .optimistic import Optimism
 from .plain import set_plain
 
-PREFETCH_MODES = ("none", "temporal", "next-layer")
+PREFETCH_MODES = ("none", "temporal", "next-layer", "next-layer-read")
 PASS_MODES = ("full", "rows")
 SORT_THRESHOLD = 64  # mlx-lm's SwitchGLU/SwitchMLP sort rows by expert from this many on
 
@@ -48,11 +49,17 @@ def default_pass_mode() -> str:
 
 @dataclass
 class NextLayer:
-    """What next-layer prefetch needs: the next MoE layer's router, top-k and bank."""
+    """What next-layer prefetch needs: the next MoE layer's router, top-k and bank.
+    `predict`, when set, replaces the router's guess (moe.replay's foresight)."""
 
     router: nn.Module
     top_k: int
     bank: ExpertBank
+    predict: Callable[[mx.array], mx.array] | None = None
+
+    def experts(self, x: mx.array) -> mx.array:
+        """The experts the next layer is expected to pick for `x` (lazy)."""
+        return self.predict(x) if self.predict is not None else predict_experts(self.router, x, self.top_k)
 
 
 class StreamingExperts(nn.Module):
@@ -93,10 +100,14 @@ class StreamingExperts(nn.Module):
         st = bank.stats
         nxt: NextLayer | None = self.next_layer
         t0 = time.perf_counter()
-        if self.prefetch == "next-layer" and nxt is not None:
-            predicted = predict_experts(nxt.router, x, nxt.top_k)
+        ahead = None  # the next layer's predicted experts, to read ahead once this call's are in
+        if self.prefetch in ("next-layer", "next-layer-read") and nxt is not None:
+            predicted = nxt.experts(x)
             mx.eval(indices, predicted)  # one sync for both
-            nxt.bank.hint(np.unique(np.array(predicted)))
+            ahead = np.unique(np.array(predicted))
+            if self.prefetch == "next-layer":
+                nxt.bank.hint(ahead)
+                ahead = None
         ids = np.array(indices)  # the one host sync of this layer
         t1 = time.perf_counter()
         small, flat, experts = self._experts(ids)
@@ -127,8 +138,10 @@ class StreamingExperts(nn.Module):
         if self.overlap:
             mx.async_eval(out)  # the experts compute while Python builds the next layer's graph
         t3 = time.perf_counter()
+        if ahead is not None and ids.size <= SORT_THRESHOLD:  # decode: the next layer's reads start now
+            nxt.bank.read_ahead(ahead)
         st.sync_seconds += t1 - t0
-        st.host_seconds += (t2 - t1) - (waited2 - waited)
+        st.host_seconds += (t2 - t1) - (waited2 - waited) + (time.perf_counter() - t3)
         st.graph_seconds += (t3 - t2) - (st.wait_seconds - waited2)
         return out
 

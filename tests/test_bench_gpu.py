@@ -16,21 +16,25 @@ def test_gpu_stage_writes_targets_profile_and_exactness(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "bench", "gpu", "--dir", str(tmp_path / "work"), "--layers", "2",
            "--hidden", "128", "--moe-intermediate", "128", "--vocab", "512", "--tokens", "2", "--rounds", "1",
            "--prompt", "64", "--out", str(out), "--configs", "all-fit,all-hits-host,all-hits-optimistic,25%-staged,25%-staged-perexpert,25%-direct,"
-           "25%-staged-scatter-hitsfirst"]  # fmt: skip
+           "25%-staged-scatter-hitsfirst,25%-staged-ahead-foresight"]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "gpu.json").read_text())
     assert report["exact"] == {"all-fit": True, "all-hits-host": True, "all-hits-optimistic": True, "25%-staged": True,
                                "25%-staged-perexpert": True, "25%-direct": True,
-                               "25%-staged-scatter-hitsfirst": True}  # fmt: skip
+                               "25%-staged-scatter-hitsfirst": True, "25%-staged-ahead-foresight": True}  # fmt: skip
     assert {t["id"] for t in report["targets"]} == {"G1", "G2", "G2-host", "G2h", "G3", "G4", "G5"}
     rows = {(r["config"], r["phase"]): r for r in report["decode"]}
     assert set(rows) == {(c, p) for c in ("resident", "all-fit", "all-hits-host", "all-hits-optimistic", "25%-staged",
-                                          "25%-staged-perexpert", "25%-direct", "25%-staged-scatter-hitsfirst")
+                                          "25%-staged-perexpert", "25%-direct", "25%-staged-scatter-hitsfirst",
+                                          "25%-staged-ahead-foresight")
                           for p in ("cold", "warm")}  # fmt: skip
-    assert set(report["prompt"]) == {"25%-staged", "25%-staged-perexpert", "25%-staged-scatter-hitsfirst"}  # each staged variant's prompt, one bound
+    assert set(report["prompt"]) == {"25%-staged", "25%-staged-perexpert", "25%-staged-scatter-hitsfirst",
+                                     "25%-staged-ahead-foresight"}  # each staged variant's prompt, one bound
     assert rows[("all-hits-optimistic", "warm")]["optimistic_share"] > 0.5
     assert rows[("all-hits-host", "warm")]["optimistic_share"] == 0
+    ahead = rows[("25%-staged-ahead-foresight", "cold")]
+    assert ahead["ahead_share"] > 0 and ahead["ahead_mb_per_token"] > 0 and rows[("25%-staged", "cold")]["ahead_share"] == 0
     staged = rows[("25%-staged", "cold")]
     assert staged["missed_mb_per_token"] > 0 and 0 < staged["hit_rate"] < 1
     assert staged["copy_ms_per_token"] > 0 and rows[("25%-direct", "cold")]["copy_ms_per_token"] < 0.01

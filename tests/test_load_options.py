@@ -31,3 +31,20 @@ def test_load_keywords_build_the_same_options(store_dir):
     policies = [{type(m.bank.policy).__name__ for _, m in model.named_modules() if hasattr(m, "bank")} for model in (a, b)]
     assert policies[0] == policies[1] == {"LRUPolicy"}
     assert isinstance(OptionError("x"), ValueError)  # callers that caught ValueError still do
+
+
+def test_cli_choices_are_the_library_modes():
+    """The CLI spells its choices out (it imports no MLX to parse flags): they must be the
+    library's modes, so a mode added to one is offered by the other."""
+    import click
+
+    from mlxstore.cli.options import load_options
+    from mlxstore.moe.bank import FILL_MODES, STAGED_COPIES
+    from mlxstore.moe.options import PAGE_CACHE_MODES
+    from mlxstore.moe.plan import PAST_MAX_CONTEXT
+    from mlxstore.moe.streaming import PREFETCH_MODES
+
+    command = load_options(click.command()(lambda **kw: None))
+    choices = {p.name: tuple(p.type.choices) for p in command.params if isinstance(p.type, click.Choice)}
+    assert choices == {"prefetch": PREFETCH_MODES, "page_cache": PAGE_CACHE_MODES, "fill": FILL_MODES,
+                       "staged_copy": STAGED_COPIES, "past_max_context": PAST_MAX_CONTEXT}  # fmt: skip

@@ -189,27 +189,29 @@ def test_alike_experts_are_scattered_others_copied_one_by_one(model_dir, store_d
         assert indices and (mx.array in indices) == (copy == "scatter" and alike), set(indices)
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 2], [4, 1, 3]])
 @pytest.mark.parametrize("length", [80, 74])
-def test_scatter_puts_each_tensor_row_in_its_slot(length):
+def test_scatter_puts_each_tensor_row_in_its_slot(length, rows):
     """`_scatter_load` on a load of three experts laid out alike: each tensor's row lands in
     its slot byte for byte, whether the extent length lets a tensor's dtype view the load
-    while contiguous (80) or not (74: the column range is reinterpreted instead)."""
+    while contiguous (80) or not (74: the column range is reinterpreted instead), and
+    whether the experts are the buffer's first rows or others (a read-ahead buffer's)."""
     from types import SimpleNamespace
 
     from mlxstore.moe.bank import ExpertBank
 
-    experts, slots, n = 4, 5, 3
+    experts, slots = 4, 5
     tensors = [SimpleNamespace(nbytes=experts * 6, shape=(experts, 6)),  # uint8 rows of 6 at offset 0
                SimpleNamespace(nbytes=experts * 64, shape=(experts, 4, 4))]  # uint32 rows of 64 at offset 8  # fmt: skip
     arrays = [mx.zeros((slots, 6), dtype=mx.uint8), mx.zeros((slots, 4, 4), dtype=mx.uint32)]
     bank = SimpleNamespace(tensors=tensors, arrays=arrays, _offsets=[0, 8])
-    data = np.random.default_rng(0).integers(0, 256, size=n * length, dtype=np.uint8)
+    data = np.random.default_rng(0).integers(0, 256, size=5 * length, dtype=np.uint8)
     buf = SimpleNamespace(array=mx.array(data))
     load = [((e, s), SimpleNamespace(length=length)) for e, s in ((3, 4), (0, 1), (2, 0))]
-    ExpertBank._scatter_load(bank, buf, load)
+    ExpertBank._scatter_load(bank, buf, load, rows)
     mx.eval(arrays)
-    rows = data.reshape(n, length)
-    for i, ((_, s), _) in enumerate(load):
-        assert np.array_equal(np.array(arrays[0][s]), rows[i, 0:6])
-        assert np.array_equal(np.array(arrays[1][s]).view(np.uint8).reshape(-1), rows[i, 8:72])
+    table = data.reshape(5, length)
+    for r, ((_, s), _) in zip(rows, load):
+        assert np.array_equal(np.array(arrays[0][s]), table[r, 0:6])
+        assert np.array_equal(np.array(arrays[1][s]).view(np.uint8).reshape(-1), table[r, 8:72])
     assert not np.array(arrays[0][2]).any() and not np.array(arrays[1][3]).any()  # slots not in the load

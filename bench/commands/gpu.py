@@ -140,6 +140,7 @@ def _stats(model) -> dict:
             "bytes_read": t.bytes_read, "read_seconds": t.read_seconds, "file_seconds": t.file_seconds,
             "wait_seconds": t.wait_seconds, "sync_seconds": t.sync_seconds, "host_seconds": t.host_seconds,
             "graph_seconds": t.graph_seconds, "passes": t.passes, "optimistic": t.optimistic, "redone": t.redone,
+            "ahead_used": t.ahead_used, "prefetch_bytes": t.prefetch_bytes,
             # the replay wrapper makes the layer's real host sync, on the router's own ids
             "router_sync_seconds": sum(w.sync_seconds for w in replay.replayed(model))}  # fmt: skip
 
@@ -271,6 +272,15 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         "25%-staged-scatter-hitsfirst": (experts // 4, False, False,
                                          {"fill": "staged", "staged_copy": "scatter", "hits_first": True}),
         "25%-direct-hitsfirst": (experts // 4, False, False, {"fill": "direct", "hits_first": True}),
+        # read-ahead of the next layer's experts: the replayed model's own router (it cannot
+        # predict the trace: what wrong predictions cost) and foresight (every one right)
+        "50%-staged-ahead-foresight": (experts // 2, False, False,
+                                       {"fill": "staged", "prefetch": "next-layer-read", "foresight": True}),
+        "25%-staged-ahead": (experts // 4, False, False, {"fill": "staged", "prefetch": "next-layer-read"}),
+        "25%-staged-ahead-foresight": (experts // 4, False, False,
+                                       {"fill": "staged", "prefetch": "next-layer-read", "foresight": True}),
+        "25%-direct-ahead-foresight": (experts // 4, False, False,
+                                       {"fill": "direct", "prefetch": "next-layer-read", "foresight": True}),
         "25%-staged-perexpert": (experts // 4, False, False, {"fill": "staged", "staged_load_size": 1}),
         "25%-staged-32MiB": (experts // 4, False, False, {"fill": "staged", "staged_load_size": "32MiB"}),
         "25%-staged-reads256KiB": (experts // 4, False, False, {"fill": "staged", "read_size": "256KiB"}),
@@ -287,6 +297,7 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
     for name, (slots, pre, host, kw) in specs.items():
         kw = dict(kw)
         launch_every = kw.pop("launch_every", None)
+        foresight = kw.pop("foresight", False)
         m, _ = moe.load(store, slots_per_layer=slots, page_cache="drop", **kw)
         if launch_every is not None:
             m.mlxstore_optimism.launch_every = launch_every
@@ -295,7 +306,7 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         if host:
             for b in _banks(m):
                 b.fixed_slots = None  # keep the host-sync path although every expert is resident
-        replay.replay(m, route)
+        replay.replay(m, route, foresight=foresight)
         models[name] = m
     print(f"loaded {len(models)} models ({time.perf_counter() - t_start:.0f}s)", flush=True)
 
@@ -366,6 +377,8 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
                        file_gb_s=tot["bytes_read"] / tot["file_seconds"] / 1e9 if tot["file_seconds"] else None,
                        read_gb_s=tot["bytes_read"] / tot["read_seconds"] / 1e9 if tot["read_seconds"] else None,
                        optimistic_share=tot["optimistic"] / max(1, tot["calls"]),
+                       ahead_share=tot["ahead_used"] / max(1, tot["misses"]),
+                       ahead_mb_per_token=tot["prefetch_bytes"] / n_tok / 1e6,
                        redone_per_token=tot["redone"] / n_tok)  # fmt: skip
             raw = raws.get(key)
             if raw:
@@ -444,7 +457,8 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
 def _markdown(rep: dict) -> str:
     cols = ["config", "phase", "tok_s", "vs_resident", "hit_rate", "missed_mb_per_token", "sync_us_per_layer",
             "host_us_per_layer", "graph_us_per_layer", "wait_ms_per_token", "copy_ms_per_token", "read_gb_s",
-            "file_gb_s", "raw_gb_s", "vs_bound", "optimistic_share", "redone_per_token", "exact"]  # fmt: skip
+            "file_gb_s", "raw_gb_s", "vs_bound", "optimistic_share", "redone_per_token", "ahead_share",
+            "ahead_mb_per_token", "exact"]  # fmt: skip
 
     def cell(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
