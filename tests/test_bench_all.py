@@ -12,6 +12,8 @@ from bench.harness.policy_sim import default_trace
 from bench.harness.scale import SCALES
 from bench.harness.sides import Side, run_sides
 from bench.harness.targets import TARGETS
+from mlxstore.moe.options import PAGE_CACHE_MODES
+from mlxstore.moe.streaming import PREFETCH_MODES
 
 TRACE = default_trace()
 
@@ -38,7 +40,8 @@ def test_toy_run_writes_every_target(toy_run):
     assert d["P3"]["missed_expert_bytes"] > 0  # the miss-heavy run did miss
     assert d["P2"]["raw"]["bytes"] == d["P2"]["bytes_read"]  # raw replay read the same bytes
     assert d["P4"]["plan"]["slots_per_layer"] >= 8
-    assert len(d["prefetch_table"]["rows"]) == 6
+    assert len(d["prefetch_table"]["rows"]) == len(PREFETCH_MODES) * len(PAGE_CACHE_MODES)
+    assert d["prefetch_table"]["rows"]["next-layer-read-keep"]["prefetch_issued"] > 0
     assert all(r.get("tok_per_s") for r in d["prefetch_table"]["rows"].values())
     assert [p["slots_per_layer"] for p in d["budget_curve"]["points"]] == [8, 128]
     assert results["png"] and (tmp_path / "out" / "latest-budget.png").stat().st_size > 0

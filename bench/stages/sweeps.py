@@ -15,9 +15,8 @@ from bench.harness.context import Ctx
 from bench.harness.prepare import drop_tree_cache, store_copies
 from bench.harness.sides import Side, run_sides
 from bench.stages.decode_targets import profile
-
-PREFETCH = ("none", "temporal", "next-layer")
-PAGE_CACHE = ("keep", "drop")
+from mlxstore.moe.options import PAGE_CACHE_MODES
+from mlxstore.moe.streaming import PREFETCH_MODES
 
 
 def _row(side: Side) -> dict:
@@ -26,13 +25,14 @@ def _row(side: Side) -> dict:
     n = max(1, d.get("tokens", 0))
     return {**profile(side), "disk_gb_per_token": d.get("io_read_bytes", 0) / n / 1e9,
             "prefetch_issued": st.get("prefetch_issued", 0), "prefetch_used": st.get("prefetch_used", 0),
+            "ahead_used": st.get("ahead_used", 0),
             "prefetch_gb_per_token": st.get("prefetch_bytes", 0) / n / 1e9,
             "died": side.result.get("died"), "peak_bytes": (side.result.get("exit") or {}).get("peak_bytes")}  # fmt: skip
 
 
 def prefetch_table(ctx: Ctx) -> dict:
     sc, cap = ctx.scale, ctx.cap
-    configs = [(p, c) for p in PREFETCH for c in PAGE_CACHE]
+    configs = [(p, c) for p in PREFETCH_MODES for c in PAGE_CACHE_MODES]
     copies = store_copies(ctx.store, ctx.work / "copies", len(configs)) if sc.table_copies else []
     sides = []
     for i, (prefetch, page_cache) in enumerate(configs):
