@@ -38,6 +38,18 @@ def _run(model, prompt_len: int, decode: int, reset_after_prompt: bool = False) 
     return out
 
 
+def _foreseeing(deep, fill: str, decode: int):
+    """(the resident model's logits on a replayed trace, a streamed model reading ahead
+    with foresight on the same trace, its replay wrappers)."""
+    src, store = deep
+    trace = make_trace(n_layer=LAYERS, top_k=TOP_K, steps=12)
+    resident, _ = mlx_lm.load(str(src))
+    replay(resident, trace)
+    want = _run(resident, 3, decode)
+    model, _ = moe.load(store, slots_per_layer=TOP_K, prefetch="next-layer-read", fill=fill, optimistic=False)
+    return want, model, replay(model, trace, foresight=True)
+
+
 def _banks(model):
     """The streamed layers' banks in layer order (named_modules lists them last first)."""
     banks = [m.bank for _, m in model.named_modules() if hasattr(m, "bank")]
@@ -48,13 +60,7 @@ def _banks(model):
 def test_foresight_takes_every_decode_miss_from_the_read_ahead(deep, fill):
     """With the next layer's ids known (replay's foresight), each decode miss of every
     layer but the first is read ahead and taken from there; logits stay the resident's."""
-    src, store = deep
-    trace = make_trace(n_layer=LAYERS, top_k=TOP_K, steps=12)
-    resident, _ = mlx_lm.load(str(src))
-    replay(resident, trace)
-    want = _run(resident, 3, 6)
-    model, _ = moe.load(store, slots_per_layer=TOP_K, prefetch="next-layer-read", fill=fill, optimistic=False)
-    replay(model, trace, foresight=True)
+    want, model, _ = _foreseeing(deep, fill, decode=6)
     got = _run(model, 3, 6, reset_after_prompt=True)
     assert all(np.array_equal(w, g) for w, g in zip(want, got))
     layers = [b.stats for b in _banks(model)]
@@ -101,13 +107,7 @@ def test_router_predictions_are_exact_and_never_evict(deep, fill):
 def test_a_failed_read_ahead_fails_only_the_call_that_takes_it(deep, fill, monkeypatch):
     """A read-ahead that failed is never an error while no call takes it; the call that
     needs it fails, and the model then reads those experts again and stays exact."""
-    src, store = deep
-    trace = make_trace(n_layer=LAYERS, top_k=TOP_K, steps=12)
-    resident, _ = mlx_lm.load(str(src))
-    replay(resident, trace)
-    want = _run(resident, 3, 4)
-    model, _ = moe.load(store, slots_per_layer=TOP_K, prefetch="next-layer-read", fill=fill, optimistic=False)
-    wrappers = replay(model, trace, foresight=True)
+    want, model, wrappers = _foreseeing(deep, fill, decode=4)
     real = osio.read_extent_into
 
     def failing(fd, offset, buffers, what="store file"):
