@@ -198,6 +198,8 @@ def _load(s: Store, o: LoadOptions, group):
     log.info(plan.describe())
     load_weights(model, s, dense, check=o.check)
 
+    host_staging = HostStaging(buffer_bytes(load_size, largest, plan.slots_per_layer)) if fill == "staged" else None
+    ahead_staging = HostStaging(ahead) if ahead else None  # the next layer's predicted experts
     pool = ThreadPoolExecutor(max_workers=o.io_threads, thread_name_prefix="mlxstore-io")
     fds = [os.dup(s.fd(i)) for i in range(len(s.index.shards))]  # the model's own, whoever closes `s`
     weakref.finalize(model, _release, pool, fds)  # threads and descriptors live as long as the model
@@ -206,8 +208,6 @@ def _load(s: Store, o: LoadOptions, group):
         osio.advise_random(fd)  # a miss is read in parallel parts: readahead would fetch each part's successor again
     bank_options = BankOptions(page_cache=o.page_cache, check=o.check, fill=fill, io_threads=o.io_threads,
                                read_size=parse_size(o.read_size), copy=o.staged_copy)  # fmt: skip
-    host_staging = HostStaging(buffer_bytes(load_size, largest, plan.slots_per_layer)) if fill == "staged" else None
-    ahead_staging = HostStaging(ahead) if ahead else None  # the next layer's predicted experts
     wrappers = []
     for site in sites:
         expert_group = groups[site.path]

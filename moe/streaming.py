@@ -190,7 +190,8 @@ class StreamingExperts(nn.Module):
         start = time.perf_counter()
         bank = self.bank
         _, misses = bank.lookup(self._experts(ids)[2])
-        bank.fill(misses)  # none: the step stood because every id was resident
+        if misses:  # none: the step stood because every id was resident
+            bank.fill(misses)  # (an empty fill would end a read-ahead meant for the next call)
         bank.stats.optimistic += 1
         bank.stats.host_seconds += time.perf_counter() - start
 
