@@ -16,7 +16,9 @@ import mlx.nn as nn
 
 from mlxstore.mlxlm import SWITCH_TYPES
 
-_TOP_K_NAMES = ("top_k", "num_experts_per_tok", "experts_per_token", "moe_topk", "n_activated")
+# How mlx-lm's blocks and configs name the experts each token uses; `k` only on a module.
+_TOP_K_NAMES = ("top_k", "num_experts_per_tok", "num_experts_per_token", "experts_per_token", "top_k_experts",
+                "moe_topk", "moe_top_k", "moe_k", "n_activated")  # fmt: skip
 _ROUTER_NAMES = ("gate", "router")
 
 
@@ -45,13 +47,29 @@ def find_switches(model: nn.Module, kinds: tuple[type, ...] = SWITCH_TYPES) -> l
     for path, module in outer:
         parent_path, _, attr = path.rpartition(".")
         parent = _resolve(model, parent_path) if parent_path else model
-        top_k = _first(parent, _TOP_K_NAMES, int)
-        router = _first(parent, _ROUTER_NAMES, nn.Module)
-        if router is not None and top_k is None:
-            top_k = _first(router, _TOP_K_NAMES, int)
+        # The block around the switch module owns router and top-k; some blocks wrap the
+        # switch module once more (the router then sits beside the wrapper).
+        grand_path = parent_path.rpartition(".")[0]
+        around = [parent] + ([_resolve(model, grand_path) if grand_path else model] if parent_path else [])
+        router = next((r for r in (_first(n, _ROUTER_NAMES, nn.Module) for n in around) if r is not None), None)
+        holders = [*around, router, getattr(model, "args", None)]
+        top_k = next((k for k in map(_top_k, holders) if k is not None), None)
         sites.append(SwitchSite(path, module, parent, attr, top_k, router))
     sites.sort(key=lambda s: _natural_key(s.path))
     return sites
+
+
+def _top_k(node) -> int | None:
+    """Experts per token as `node` states it: its own attribute, or its args or config."""
+    if node is None:
+        return None
+    for holder, names in ((node, (*_TOP_K_NAMES, "k")), (getattr(node, "args", None), _TOP_K_NAMES),
+                          (getattr(node, "config", None), _TOP_K_NAMES)):  # fmt: skip
+        for name in names if holder is not None else ():
+            value = getattr(holder, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
 
 
 def num_experts(module: nn.Module) -> int:

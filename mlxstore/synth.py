@@ -81,6 +81,25 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "use_qk_norm": True, "attention_bias": False, "partial_rotary_factor": 0.5,
         "rope_scaling": None,
     },
+    # Blocks that state their top-k or hold their router elsewhere than qwen3_moe's do.
+    "ernie4_5_moe": {  # top-k as `self.k`
+        "num_hidden_layers": 3, "use_bias": False, "moe_num_experts": 8, "moe_k": 2, "moe_intermediate_size": 128,
+        "moe_num_shared_experts": 1, "moe_layer_start_index": 1, "moe_layer_interval": 1, "moe_gate_act": "softmax",
+    },
+    "kimi_linear": {  # top-k only in the block's args
+        "num_hidden_layers": 3, "model_max_length": 512, "num_experts": 8, "num_experts_per_token": 2,
+        "moe_intermediate_size": 128, "num_shared_experts": 1, "first_k_dense_replace": 1,
+        "num_expert_group": 1, "topk_group": 1, "kv_lora_rank": 128, "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 32, "v_head_dim": 64,
+        "linear_attn_config": {"kda_layers": [1, 3], "full_attn_layers": [2], "num_heads": 2, "head_dim": 128,
+                               "short_conv_kernel_size": 4},
+    },
+    "gemma4_text": {  # the switch module wrapped once more; router and top-k beside the wrapper
+        "num_hidden_layers": 2, "head_dim": 32, "global_head_dim": 64, "num_key_value_heads": 2,
+        "num_kv_shared_layers": 0, "vocab_size_per_layer_input": 512, "hidden_size_per_layer_input": 0,
+        "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"], "use_double_wide_mlp": False,
+        "enable_moe_block": True, "num_experts": 8, "top_k_experts": 2, "moe_intermediate_size": 128,
+    },
 }  # fmt: skip
 
 # Quantization modes and their (group_size, bits), as mlx-lm's quantize_model defaults them.

@@ -15,14 +15,22 @@ from mlxstore.mlxlm import make_prompt_cache, make_sampler
 from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir, tiny_config
 
-MOE_ARCHS = ["qwen3_moe", "qwen2_moe", "mixtral", "deepseek_v3", "gpt_oss", "olmoe", "qwen3_next", "glm4_moe"]
+MOE_ARCHS = ["qwen3_moe", "qwen2_moe", "mixtral", "deepseek_v3", "gpt_oss", "olmoe", "qwen3_next", "glm4_moe",
+             "ernie4_5_moe", "kimi_linear", "gemma4_text"]  # fmt: skip
 
 
 def _num_experts(cfg: dict) -> int:
-    for key in ("num_experts", "num_local_experts", "n_routed_experts"):
+    for key in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"):
         if key in cfg:
             return cfg[key]
     raise KeyError("no expert count")
+
+
+def _top_k(cfg: dict) -> int:
+    for key in ("num_experts_per_tok", "num_experts_per_token", "moe_k", "top_k_experts"):
+        if key in cfg:
+            return cfg[key]
+    raise KeyError("no top-k")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +56,7 @@ def _logits_trace(model, prompt: mx.array, steps: int) -> list[np.ndarray]:
 def test_streamed_logits_bit_identical(models, arch):
     src, store = models[arch]
     cfg = tiny_config(arch)
-    experts, top_k = _num_experts(cfg), cfg["num_experts_per_tok"]
+    experts, top_k = _num_experts(cfg), _top_k(cfg)
     resident, _ = mlx_lm.load(str(src))
     prompt = random_prompt(24)
     want = _logits_trace(resident, prompt, steps=6)

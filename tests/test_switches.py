@@ -1,0 +1,26 @@
+"""mlxstore.switches finds every MoE layer's switch module, router and top-k, wherever the
+architecture keeps them (beside the switch module, one wrapper up, in the block's args)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from mlxstore.moe.discover import predict_experts
+from mlxstore.switches import find_switches
+from mlxstore.synth import ARCHITECTURES, build, tiny_config
+
+TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_k", "top_k_experts")
+
+
+@pytest.mark.parametrize("arch", sorted(a for a in ARCHITECTURES if a != "llama"))
+def test_every_moe_layer_has_its_router_and_top_k(arch):
+    config = tiny_config(arch)
+    top_k = next(config[k] for k in TOP_K_KEYS if k in config)
+    sites = find_switches(build(config))
+    assert sites, f"{arch}: no switch module found"
+    for site in sites:
+        assert site.top_k == top_k, (arch, site.path)
+        assert site.router is not None, (arch, site.path)
+        ids = predict_experts(site.router, mx.zeros((1, 3, config["hidden_size"])), site.top_k)
+        assert ids.shape == (1, 3, top_k), (arch, site.path)  # what next-layer prefetch reads
