@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from itertools import accumulate
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -337,7 +338,7 @@ class ExpertBank:
         load's extents sit one after another from the buffer's start, or at `bases`."""
         buf.readers = list(self.arrays)  # before any copy is queued: a failure below still waits
         if bases is None:
-            bases = np.cumsum([0] + [x.length for _, x in load[:-1]]).tolist()
+            bases = list(accumulate((x.length for _, x in load[:-1]), initial=0))
         if self.options.check:
             for ((e, _), extent), at in zip(load, bases):
                 for t in self.tensors:
