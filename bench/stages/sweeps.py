@@ -23,7 +23,9 @@ def _row(side: Side) -> dict:
     d = side.result.get("decode") or {}
     st = d.get("stats", {})
     n = max(1, d.get("tokens", 0))
-    return {**profile(side), "disk_gb_per_token": d.get("io_read_bytes", 0) / n / 1e9,
+    plan = (side.result.get("load") or {}).get("plan") or {}
+    return {**profile(side), "slots_per_layer": plan.get("slots_per_layer"),
+            "disk_gb_per_token": d.get("io_read_bytes", 0) / n / 1e9,
             "prefetch_issued": st.get("prefetch_issued", 0), "prefetch_used": st.get("prefetch_used", 0),
             "ahead_used": st.get("ahead_used", 0),
             "prefetch_gb_per_token": st.get("prefetch_bytes", 0) / n / 1e9,
