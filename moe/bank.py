@@ -247,7 +247,8 @@ class ExpertBank:
                 if isinstance(exc, StoreError):
                     raise
                 raise StoreError(f"{self.name}: reading experts {[e for e, _ in ahead]} ahead failed: {exc}") from exc
-            misses = [m for m in misses if m[0] not in self._ahead_at]
+            taken = {e for e, _ in ahead}
+            misses = [m for m in misses if m[0] not in taken]
             if not misses:
                 return
         if self.options.fill == "staged":
@@ -425,7 +426,7 @@ class ExpertBank:
         buf = self._ahead_buf
         began = time.perf_counter()
         for future in buf.writes:
-            future.result()  # a failed read raises here: `_read_all`'s caller empties the slots
+            future.result()  # a failed read raises here, and `_read_all` empties the call's slots
         self.stats.file_seconds += time.perf_counter() - began
         self.stats.ahead_used += len(ahead)
         load = [((e, s), self.group.extents[e]) for e, s in ahead]

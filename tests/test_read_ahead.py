@@ -27,12 +27,12 @@ def deep(tmp_path_factory):
     return src, pack(src, root / "model.store", progress=False)
 
 
-def _run(model, prompt_len: int, decode: int, reset_after_prompt: bool = False) -> list[np.ndarray]:
+def _run(model, prompt_len: int, decode: int, after_prompt=None) -> list[np.ndarray]:
     cache = make_prompt_cache(model)
     tokens = mx.array(np.arange(3, 3 + prompt_len)[None], dtype=mx.int32)
     out = [np.array(model(tokens, cache=cache).astype(mx.float32))]
-    if reset_after_prompt:
-        moe.stats(model, reset=True)
+    if after_prompt is not None:
+        after_prompt()
     for i in range(decode):
         out.append(np.array(model(mx.array([[7 + i]], dtype=mx.int32), cache=cache).astype(mx.float32)))
     return out
@@ -57,13 +57,28 @@ def _banks(model):
 
 
 @pytest.mark.parametrize("fill", ["direct", "staged"])
-def test_foresight_takes_every_decode_miss_from_the_read_ahead(deep, fill):
+def test_foresight_takes_every_decode_miss_from_the_read_ahead(deep, fill, monkeypatch):
     """With the next layer's ids known (replay's foresight), each decode miss of every
-    layer but the first is read ahead and taken from there; logits stay the resident's."""
+    layer but the first is read ahead and taken from there, not read again; logits stay
+    the resident's."""
     want, model, _ = _foreseeing(deep, fill, decode=6)
-    got = _run(model, 3, 6, reset_after_prompt=True)
+    real, reads = osio.read_extent_into, []
+
+    def counted(fd, offset, buffers, what="store file"):
+        reads.append(what)
+        return real(fd, offset, buffers, what)
+
+    def decode_only():
+        moe.stats(model, reset=True)
+        reads.clear()
+
+    monkeypatch.setattr(osio, "read_extent_into", counted)
+    got = _run(model, 3, 6, after_prompt=decode_only)
     assert all(np.array_equal(w, g) for w, g in zip(want, got))
-    layers = [b.stats for b in _banks(model)]
+    banks = _banks(model)
+    assert any("read ahead" in r for r in reads)  # in decode, only the first layer reads its misses itself
+    assert not [r for r in reads if "read ahead" not in r and not r.startswith(banks[0].name + " ")]
+    layers = [b.stats for b in banks]
     assert layers[0].ahead_used == 0 and layers[0].misses > 0  # no layer reads ahead for the first
     for st in layers[1:]:
         assert st.misses > 0 and st.ahead_used == st.misses  # every decode miss was foreseen
