@@ -74,6 +74,22 @@ class SizeText(Size):
         return value
 
 
+def memory_options() -> list:
+    """The flags of `moe.load` that change what the plan holds besides slots (`load_options`
+    and `mlxstore plan` share them, so a plan is made as the load will be)."""
+    return [
+        option("--prefetch", type=click.Choice(["none", "temporal", "next-layer", "next-layer-read"]), show_default=True,
+               default=load_default("prefetch"), help="Expert prefetch: OS hints, or next-layer-read (read into host "
+                                                      "buffers the plan counts)."),
+        click.option("--fill", type=click.Choice(["direct", "staged"]), default=None,
+                     help="How a missed expert reaches its slot: read straight into it, or staged through a device "
+                          "array (default: by backend, staged on CUDA)."),
+        option("--staged-load-size", default=load_default("staged_load_size"), show_default=True,
+               help="Staged fill: bytes of each of its two host buffers (at least the largest expert); the disk "
+                    "fills one while the GPU copies from the other."),
+    ]  # fmt: skip
+
+
 def load_options(command):
     """The flags every command that loads a store for generation shares (`moe.load`'s options)."""
     options = [
@@ -89,8 +105,6 @@ def load_options(command):
                      help="Bytes of the budget kept free for activations (default 5%, at least 64 MiB)."),
         option("--policy", default=load_default("policy"), show_default=True,
                help="Expert slot replacement policy: lru, fifo, lfuda, lrfu, lru2, s3fifo."),
-        option("--prefetch", type=click.Choice(["none", "temporal", "next-layer", "next-layer-read"]), show_default=True,
-               default=load_default("prefetch"), help="Expert prefetch: OS hints, or next-layer-read."),
         option("--page-cache", type=click.Choice(["keep", "drop"]), show_default=True,
                default=load_default("page_cache"),
                help="Keep a read expert's pages in the OS cache (a second tier outside the budget), or drop them."),
@@ -99,12 +113,7 @@ def load_options(command):
                      help="Prompt tokens per forward pass (default: the largest power of two up to 2048 whose activations fit the budget)."),
         option("--past-max-context", type=click.Choice(["stop", "warn"]), default=load_default("past_max_context"), show_default=True,
                      help="When the context would pass --max-context: stop with an error, or warn once and go on past the budget."),
-        click.option("--fill", type=click.Choice(["direct", "staged"]), default=None,
-                     help="How a missed expert reaches its slot: read straight into it, or staged through a device "
-                          "array (default: by backend, staged on CUDA)."),
-        option("--staged-load-size", default=load_default("staged_load_size"), show_default=True,
-               help="Staged fill: bytes of each of its two host buffers (at least the largest expert); the disk "
-                    "fills one while the GPU copies from the other."),
+        *memory_options(),
         option("--staged-copy", type=click.Choice(["slices", "scatter"]), default=load_default("staged_copy"),
                show_default=True, help="Staged fill: copy a load of experts into the slots with a slice update "
                                        "per expert and tensor, or one scatter per tensor."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .advise import TRACE_FLAGS, advice_of, draw, print_advice, trace_options
-from .options import SizeText
+from .options import SizeText, memory_options
 
 
 def plan_summary(source: str, budget: str | None, **kw):
@@ -14,7 +14,8 @@ def plan_summary(source: str, budget: str | None, **kw):
     bytes, bytes per expert slot, layers, experts, top-k, config), `.plan` (a `Plan`, or
     None with `.error`), `.minimum`, `.all_experts` (budgets in bytes) and `.auto` (the
     plan of `None` here). kw: max_context, headroom, prefill_step_size, kv_bits,
-    kv_group_size, max_kv_size. Raises click.ClickException with a one-line message."""
+    kv_group_size, max_kv_size, prefetch, fill, staged_load_size. Raises
+    click.ClickException with a one-line message."""
     from mlxstore.formats import StoreError
     from mlxstore.moe.spec import spec_of, summarize
 
@@ -49,7 +50,7 @@ def print_summary(summary) -> None:
         if p.reserved_bytes:
             echo(f"  reserved     {format_size(p.reserved_bytes)}")
         if p.staging_bytes:
-            echo(f"  staging      {format_size(p.staging_bytes)} (host buffers of the staged fill)")
+            echo(f"  staging      {format_size(p.staging_bytes)} (host buffers misses are read into: staged fill, read-ahead)")
         echo(f"  total        {format_size(p.total_bytes)}")
     echo(f"minimum      {_size(summary.minimum)} (top-{s.top_k} slots per layer, smallest prefill step that fits)")
     echo(f"all experts  {_size(summary.all_experts)} (every expert resident, nothing streams)")
@@ -82,6 +83,7 @@ def plan_options(command):
         click.option("--kv-bits", type=click.IntRange(1, 8), default=None, help="Plan a quantized KV cache."),
         click.option("--kv-group-size", type=click.IntRange(min=1), default=None, help="Group size of KV quantization."),
         click.option("--max-kv-size", type=click.IntRange(min=1), default=None, help="Plan a rotating KV cache."),
+        *memory_options(),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)

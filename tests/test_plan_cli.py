@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from mlxstore import moe
@@ -28,17 +29,22 @@ def test_store_and_config_plan_alike(model_dir, store_dir):
         assert a["minimum"] < a["all_experts"]
 
 
-def test_plan_matches_what_load_does(store_dir):
+@pytest.mark.parametrize("flags", [{}, {"prefetch": "next-layer-read", "fill": "staged", "staged_load_size": "1MiB"},
+                                   {"prefetch": "next-layer-read", "fill": "direct"}])  # fmt: skip
+def test_plan_matches_what_load_does(store_dir, flags):
+    """Also with the load options that hold memory besides slots (staging, read-ahead)."""
     store = store_dir("qwen3_moe")
-    code, out = _plan(store, "--memory-budget", "70MB", "--max-context", "512", "--json")
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+    code, out = _plan(store, "--memory-budget", "70MB", "--max-context", "512", "--json", *args)
     assert code == 0, out
     planned = json.loads(out)["plan"]
-    model, _ = moe.load(store, "70MB", max_context=512)
+    model, _ = moe.load(store, "70MB", max_context=512, **flags)
     loaded = moe.plan_of(model)
     assert planned["slots_per_layer"] == loaded.slots_per_layer
     assert planned["prefill_step_size"] == loaded.prefill_step_size
     assert planned["total_bytes"] == loaded.total_bytes <= 70_000_000
     assert planned["activation_bytes"] == loaded.activation_bytes and planned["kv_bytes"] == loaded.kv_bytes
+    assert planned["staging_bytes"] == loaded.staging_bytes and (loaded.staging_bytes > 0 or not flags)
 
 
 def test_plan_text_names_every_part(store_dir):
