@@ -97,3 +97,10 @@ class HostStaging:
         self._next = (self._next + 1) % len(self.buffers)
         buf.wait()
         return buf
+
+    def take_idle(self) -> StagingBuffer | None:
+        """The next buffer if no read into it is still running (as `take` otherwise), else
+        None: for reads that may be skipped rather than waited for (read-ahead)."""
+        if not all(f.done() for f in self.buffers[self._next].writes):
+            return None
+        return self.take()

@@ -108,10 +108,11 @@ class ExpertBank:
             raise ValueError("a staged bank needs the model's HostStaging")
         self.staging = staging
         # read-ahead (prefetch "next-layer-read"): the model's buffers, and the experts the
-        # layer before read into one of them for this layer's next call (expert -> offset)
+        # layer before read into one of them for this layer's next call (expert -> its
+        # offset there and its reads)
         self.ahead = ahead
         self._ahead_buf: StagingBuffer | None = None
-        self._ahead_at: dict[int, int] = {}
+        self._ahead_at: dict[int, tuple[int, list]] = {}
         # where each tensor sits in any expert's extent, when staged loads are scattered
         scatter = options.fill == "staged" and options.copy == "scatter"
         self._offsets = _alike_offsets(group, tensors) if scatter else None
@@ -408,13 +409,17 @@ class ExpertBank:
             base += length
         if not chosen:
             return
-        buf = self.ahead.take()  # its earlier reads have ended and its copies have run
+        buf = self.ahead.take_idle()  # its copies have run; None while earlier reads still land
+        if buf is None:  # a read-ahead never waits: a wrong prediction's reads may be slow
+            return
         for e, at in chosen.items():
             extent = self.group.extents[e]
             fd, what = self.fds[extent.shard], f"{self.name} expert {e} (read ahead)"
             view = buf.view[at : at + extent.length]
-            buf.writes += [self.pool.submit(osio.read_extent_into, fd, off, views, what)
-                           for off, views in osio.split_reads(extent.offset, [view], self.options.io_threads, self.options.read_size)]  # fmt: skip
+            futures = [self.pool.submit(osio.read_extent_into, fd, off, views, what)
+                       for off, views in osio.split_reads(extent.offset, [view], self.options.io_threads, self.options.read_size)]  # fmt: skip
+            buf.writes += futures
+            chosen[e] = (at, futures)
             self.stats.prefetch_issued += 1
             self.stats.prefetch_bytes += extent.length
         self.predicted.update(chosen)
@@ -424,13 +429,15 @@ class ExpertBank:
         """Misses the layer before read ahead: once those reads have landed, copied into
         their slots from the read-ahead buffer (staged: MLX copies; direct: host copies)."""
         buf = self._ahead_buf
+        taken = [self._ahead_at.pop(e) for e, _ in ahead]  # `_end_ahead` leaves their pages to the fill
         began = time.perf_counter()
-        for future in buf.writes:
-            future.result()  # a failed read raises here, and `_read_all` empties the call's slots
+        for _, futures in taken:  # only the experts taken: a wrong prediction's reads are not waited for
+            for future in futures:
+                future.result()  # a failed read raises here, and `_read_all` empties the call's slots
         self.stats.file_seconds += time.perf_counter() - began
         self.stats.ahead_used += len(ahead)
         load = [((e, s), self.group.extents[e]) for e, s in ahead]
-        bases = [self._ahead_at.pop(e) for e, _ in ahead]  # taken: `_end_ahead` leaves their pages to the fill
+        bases = [at for at, _ in taken]
         if self.options.fill == "staged":
             if self._launched:
                 mx.synchronize()  # as in `_stage`: copies wait for a launched reader of the bank

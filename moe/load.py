@@ -60,7 +60,7 @@ from .plan import (
     make_plan,
 )
 from .policy import DEFAULT_POLICY, make_policy
-from .spec import largest_extent, latent_kv, store_itemsize, store_sizes
+from .spec import largest_extent, latent_kv, sites_top_k, store_itemsize, store_sizes
 from .stats import StreamStats
 from .streaming import NextLayer, StreamingExperts, default_pass_mode
 
@@ -193,7 +193,7 @@ def _load(s: Store, o: LoadOptions, group):
     fill = o.fill or default_fill_mode()
     load_size = parse_size(o.staged_load_size)
     largest = largest_extent(s, sites)
-    ahead = ahead_bytes(o.prefetch, max((site.top_k or 1) for site in sites), largest)
+    ahead = ahead_bytes(o.prefetch, sites_top_k(sites), largest)
     plan = _plan(s, sites, dense, config, o, model, staging_bytes_for(fill, load_size, largest, ahead))
     log.info(plan.describe())
     load_weights(model, s, dense, check=o.check)

@@ -84,8 +84,13 @@ def _switch_sizes(sites, nbytes: dict[str, int], experts_of) -> tuple[int, int, 
         per_slot += one
         largest = max(largest, one + PART_ALIGNMENT * len(names))  # as `pack` lays an extent out
     num_experts = max(experts_of(site) for site in sites)
-    top_k = max((site.top_k or 1) for site in sites)
+    top_k = sites_top_k(sites)
     return per_slot, num_experts, top_k, largest
+
+
+def sites_top_k(sites) -> int:
+    """Experts per token the plan counts: the most any MoE layer picks (1 where none says)."""
+    return max((site.top_k or 1) for site in sites)
 
 
 def largest_extent(store, sites) -> int:
@@ -100,7 +105,7 @@ def store_sizes(store, sites, dense: list[str]) -> tuple[int, int, int, int]:
     per_slot = sum(sum(tensors[n].nbytes // groups[site.path].num_experts
                        for n in groups[site.path].tensors) for site in sites)  # fmt: skip
     num_experts = max(groups[site.path].num_experts for site in sites)
-    top_k = max((site.top_k or 1) for site in sites)
+    top_k = sites_top_k(sites)
     return sum(tensors[n].nbytes for n in dense), per_slot, num_experts, top_k
 
 

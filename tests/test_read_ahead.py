@@ -162,3 +162,36 @@ def test_the_plan_counts_the_read_ahead_buffers(deep):
                          prefetch="next-layer-read") == plan  # fmt: skip
         assert plan.total_bytes <= plan.budget
         assert _banks(model)[0].ahead.nbytes == 2 * TOP_K * spec.largest_expert_bytes
+
+
+def test_a_call_waits_only_for_the_read_aheads_it_takes(deep, monkeypatch):
+    """Reads of wrongly predicted experts may still be running when the next layer's call
+    needs its own: that call waits only for the experts it takes."""
+    import threading
+
+    want, model, wrappers = _foreseeing(deep, "staged", decode=3)
+    wrong: dict[str, set] = {}
+    for w, after in zip(wrappers, wrappers[1:]):  # each prediction: the right ids and every other one
+        w.inner.next_layer.predict = lambda x, after=after: mx.array(np.arange(EXPERTS)[None])
+    released, late = threading.Event(), []
+    real = osio.read_extent_into
+
+    def slow_when_wrong(fd, offset, buffers, what="store file"):
+        if "read ahead" in what:
+            name, expert = what.split(" expert ")[0], int(what.split(" expert ")[1].split()[0])
+            if expert not in wrong.get(name, set()):
+                return real(fd, offset, buffers, what)
+            if not released.wait(5):
+                late.append(what)  # a call sat waiting for a read it did not need
+        return real(fd, offset, buffers, what)
+
+    banks = _banks(model)
+    for bank, after in zip(banks[1:], wrappers[1:]):  # wrong: what the trace never uses at that layer
+        used = {int(e) for row in after.table(TOP_K) for e in row}
+        wrong[bank.name] = set(range(EXPERTS)) - used
+    assert any(wrong.values())
+    monkeypatch.setattr(osio, "read_extent_into", slow_when_wrong)
+    got = _run(model, 3, 3)
+    released.set()
+    assert all(np.array_equal(w, g) for w, g in zip(want, got))
+    assert not late
