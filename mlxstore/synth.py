@@ -21,6 +21,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxstore.mlxlm import get_classes, quantize_model, save_config
 
+from .synth_more import MORE_ARCHITECTURES
 from .synth_tokenizer import write_tokenizer
 
 # Shared by every tiny config; an architecture's entry overrides or extends it.
@@ -107,10 +108,11 @@ MODES = {"affine": (64, 4), "mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)
 
 
 def tiny_config(arch: str, **overrides: Any) -> dict[str, Any]:
-    """The tiny config.json of `arch`, with `overrides` applied."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"no tiny config for {arch!r}; known: {sorted(ARCHITECTURES)}")
-    return {"model_type": arch, **_BASE, **ARCHITECTURES[arch], **overrides}
+    """The tiny config.json of `arch` (core or MORE_ARCHITECTURES), with `overrides` applied."""
+    known = {**ARCHITECTURES, **MORE_ARCHITECTURES}
+    if arch not in known:
+        raise ValueError(f"no tiny config for {arch!r}; known: {sorted(known)}")
+    return {"model_type": arch, **_BASE, **known[arch], **overrides}
 
 
 def _fan_in(module: nn.Module, shape: tuple[int, ...]) -> int:

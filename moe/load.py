@@ -35,6 +35,7 @@ from mlxstore.switches import find_switches
 from . import pipeline
 from .bank import BankOptions, ExpertBank, ahead_bytes, default_fill_mode, staging_bytes_for
 from .context import guard as guard_context
+from .discover import remember_input
 from .optimistic import Optimism
 from .optimistic import install as install_optimism
 from .options import (
@@ -223,9 +224,11 @@ def _load(s: Store, o: LoadOptions, group):
         for _, w in wrappers:
             set_plain(w, "optimism", optimism)
         install_optimism(model, optimism)
-    for (_, w), (nsite, nw) in zip(wrappers, wrappers[1:]):
-        if nsite.router is not None and nsite.top_k:
-            set_plain(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank))
+    if o.prefetch in ("next-layer", "next-layer-read"):
+        for (site, w), (nsite, nw) in zip(wrappers, wrappers[1:]):
+            if site.router is not None and nsite.router is not None and nsite.top_k:
+                remember_input(site.router)
+                set_plain(w, "next_layer", NextLayer(nsite.router, nsite.top_k, nw.bank, site.router))
     set_plain(model, "mlxstore_plan", plan)
     _guard(model, plan, config, o)
     return model, load_store_tokenizer(s, config, o.tokenizer_config)

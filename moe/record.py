@@ -35,6 +35,7 @@ from mlxstore.switches import find_switches
 from .plain import set_plain
 from .replay import _num_experts, _switch_sites
 from .streaming import StreamingExperts, optimism_of
+from .wrapper import Wrapper
 
 
 class TraceRecorder:
@@ -95,12 +96,11 @@ class TraceRecorder:
                 self._file.close()
 
 
-class RecordedExperts(nn.Module):
+class RecordedExperts(Wrapper):
     """Wraps a switch module (or StreamingExperts): records the ids it is given, passes them on."""
 
     def __init__(self, inner: nn.Module, recorder: TraceRecorder, layer: int):
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         set_plain(self, "recorder", recorder)
         set_plain(self, "layer", layer)
 

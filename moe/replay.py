@@ -35,15 +35,15 @@ from mlxstore.switches import SwitchSite, find_switches, num_experts
 
 from .plain import set_plain
 from .streaming import StreamingExperts, optimism_of
+from .wrapper import Wrapper
 
 
-class ReplayedExperts(nn.Module):
+class ReplayedExperts(Wrapper):
     """Wraps a switch module (or StreamingExperts); feeds it trace ids instead of router ids."""
 
     def __init__(self, inner: nn.Module, calls: list[tuple[int, ...]], num_experts: int,
                  seed: int, record: bool = False, sync: bool | None = None):  # fmt: skip
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         if sync is None:
             sync = isinstance(inner, StreamingExperts)
         set_plain(self, "num_experts", num_experts)

@@ -33,9 +33,10 @@ import numpy as np
 from mlxstore.formats import StoreError
 
 from .bank import ExpertBank
-from .discover import predict_experts
+from .discover import predict_experts, take_input
 from .optimistic import Optimism
 from .plain import set_plain
+from .wrapper import Wrapper
 
 PREFETCH_MODES = ("none", "temporal", "next-layer", "next-layer-read")
 PASS_MODES = ("full", "rows")
@@ -49,12 +50,14 @@ def default_pass_mode() -> str:
 
 @dataclass
 class NextLayer:
-    """What next-layer prefetch needs: the next MoE layer's router, top-k and bank.
-    `predict`, when set, replaces the router's guess (moe.replay's foresight)."""
+    """What next-layer prefetch needs: the next MoE layer's router, top-k and bank, and
+    this layer's router (`source`, made to remember its input: the next router is applied
+    to it). `predict`, when set, replaces the router's guess (moe.replay's foresight)."""
 
     router: nn.Module
     top_k: int
     bank: ExpertBank
+    source: nn.Module
     predict: Callable[[mx.array], mx.array] | None = None
 
     def experts(self, x: mx.array) -> mx.array:
@@ -62,13 +65,12 @@ class NextLayer:
         return self.predict(x) if self.predict is not None else predict_experts(self.router, x, self.top_k)
 
 
-class StreamingExperts(nn.Module):
+class StreamingExperts(Wrapper):
     """Wraps an mlx-lm SwitchGLU / SwitchMLP whose expert tensors are a slot bank."""
 
     def __init__(self, inner: nn.Module, bank: ExpertBank, prefetch: str, passes: str, overlap: bool,
                  hits_first: bool):  # fmt: skip
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         set_plain(self, "bank", bank)
         set_plain(self, "prefetch", prefetch)
         set_plain(self, "passes", passes)
@@ -81,6 +83,8 @@ class StreamingExperts(nn.Module):
 
     def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
         bank: ExpertBank = self.bank
+        nxt: NextLayer | None = self.next_layer
+        hidden = take_input(nxt.source) if nxt is not None else None  # what this layer's router was given
         if self._deferred is not None:
             self.settle()
         running = optimism_of(self)  # the optimistic step this call is part of, if any
@@ -98,11 +102,10 @@ class StreamingExperts(nn.Module):
             return self._on_device(x, indices)
         optimism: Optimism | None = self.optimism  # a host-path step: tell it about misses
         st = bank.stats
-        nxt: NextLayer | None = self.next_layer
         t0 = time.perf_counter()
         ahead = None  # the next layer's predicted experts, to read ahead once this call's are in
-        if self.prefetch in ("next-layer", "next-layer-read") and nxt is not None:
-            predicted = nxt.experts(x)
+        if hidden is not None:
+            predicted = nxt.experts(hidden)
             mx.eval(indices, predicted)  # one sync for both
             ahead = np.unique(np.array(predicted))
             if self.prefetch == "next-layer":

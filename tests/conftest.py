@@ -1,5 +1,5 @@
 """What test files share: synthetic models and their stores (built once per session), and
-the helpers several files need (random prompts, flipping a byte of a file)."""
+the helpers several files need (random prompts, logits traces, flipping a byte of a file)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from synth_cases import CASES
 
+from mlxstore.mlxlm import make_prompt_cache
 from mlxstore.pack import pack
 from mlxstore.synth import make_model_dir
 
@@ -50,6 +51,19 @@ def model_and_store(model_dir, store_dir):
 def random_prompt(n: int, seed: int = 0, vocab: int = 512) -> mx.array:
     """A (1, n) batch of token ids, past the synthetic tokenizer's special ids (0..2)."""
     return mx.array(np.random.default_rng(seed).integers(3, vocab, size=(1, n)), dtype=mx.int32)
+
+
+def logits_trace(model, prompt: mx.array, steps: int) -> list[np.ndarray]:
+    """Prompt logits, then greedy decode logits one token at a time with a KV cache."""
+    cache = make_prompt_cache(model)
+    logits = model(prompt, cache=cache)
+    out = [np.array(logits.astype(mx.float32))]
+    token = mx.argmax(logits[:, -1:], axis=-1)
+    for _ in range(steps):
+        logits = model(token, cache=cache)
+        out.append(np.array(logits.astype(mx.float32)))
+        token = mx.argmax(logits[:, -1:], axis=-1)
+    return out
 
 
 def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
-from conftest import random_prompt
+from conftest import logits_trace, random_prompt
 
 import mlxstore
 from mlxstore import moe, osio
@@ -39,19 +39,6 @@ def models(model_and_store):
     return {arch: model_and_store("gpt_oss-mxfp4" if arch == "gpt_oss" else arch) for arch in MOE_ARCHS}
 
 
-def _logits_trace(model, prompt: mx.array, steps: int) -> list[np.ndarray]:
-    """Prompt logits, then greedy decode logits one token at a time with a KV cache."""
-    cache = make_prompt_cache(model)
-    logits = model(prompt, cache=cache)
-    out = [np.array(logits.astype(mx.float32))]
-    token = mx.argmax(logits[:, -1:], axis=-1)
-    for _ in range(steps):
-        logits = model(token, cache=cache)
-        out.append(np.array(logits.astype(mx.float32)))
-        token = mx.argmax(logits[:, -1:], axis=-1)
-    return out
-
-
 @pytest.mark.parametrize("arch", MOE_ARCHS)
 def test_streamed_logits_bit_identical(models, arch):
     src, store = models[arch]
@@ -59,11 +46,11 @@ def test_streamed_logits_bit_identical(models, arch):
     experts, top_k = _num_experts(cfg), _top_k(cfg)
     resident, _ = mlx_lm.load(str(src))
     prompt = random_prompt(24)
-    want = _logits_trace(resident, prompt, steps=6)
+    want = logits_trace(resident, prompt, steps=6)
     assert all(np.isfinite(w).all() for w in want), f"{arch}: the resident model's logits are not finite here"
     for slots in sorted({experts, max(top_k, experts // 2), top_k}, reverse=True):
         model, _ = moe.load(store, slots_per_layer=slots)
-        got = _logits_trace(model, prompt, steps=6)
+        got = logits_trace(model, prompt, steps=6)
         for w, g in zip(want, got):
             assert np.array_equal(w, g), f"{arch} slots={slots}: logits differ"
         total = moe.stats(model).total
@@ -92,12 +79,12 @@ def test_fill_and_pass_modes_bit_identical(models, arch, fill, passes, overlap, 
     resident, _ = mlx_lm.load(str(src))
     for n, seed in ((24, 0), (5, 1)):  # sorted and unsorted switch calls
         prompt = random_prompt(n, seed=seed)
-        want = _logits_trace(resident, prompt, steps=4)
+        want = logits_trace(resident, prompt, steps=4)
         for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2):
             model, _ = moe.load(store, slots_per_layer=slots, fill=fill, passes=passes, overlap=overlap,
                                 staged_load_size=load_size, read_size=read_size, staged_copy=copy,
                                 hits_first=hits_first)  # fmt: skip
-            got = _logits_trace(model, prompt, steps=4)
+            got = logits_trace(model, prompt, steps=4)
             what = f"{arch} {fill}/{passes}/{overlap}/{load_size}/{read_size}/{copy}/{hits_first} slots={slots}"
             assert all(np.array_equal(w, g) for w, g in zip(want, got)), what
 
@@ -162,14 +149,14 @@ def test_switch_calls_keep_resident_shapes(models, arch, hits_first):
     resident, _ = mlx_lm.load(str(src))
     want = _spy_switches(resident)
     prompt = random_prompt(24)
-    _logits_trace(resident, prompt, steps=4)
+    logits_trace(resident, prompt, steps=4)
     for slots in (cfg["num_experts_per_tok"], _num_experts(cfg) // 2, _num_experts(cfg)):
         model, _ = moe.load(store, slots_per_layer=slots, passes="full", hits_first=hits_first)
         got = []
         for _, m in model.named_modules():
             if hasattr(m, "bank"):
                 m.inner = _ShapeSpy(m.inner, got)
-        _logits_trace(model, prompt, steps=4)
+        logits_trace(model, prompt, steps=4)
         assert set(got) == set(want), f"slots={slots}"
         assert moe.stats(model).total.misses > 0
 
@@ -215,7 +202,7 @@ def test_staged_copies_wait_for_launched_readers(models, monkeypatch, hits_first
     log: list = []
     model, _ = moe.load(store, slots_per_layer=4, fill="staged", passes="full", hits_first=hits_first)
     _record_order(monkeypatch, log)
-    _logits_trace(model, random_prompt(24), steps=4)
+    logits_trace(model, random_prompt(24), steps=4)
     monkeypatch.undo()
     launched: set = set()
     kinds = {k for k, _ in log}
@@ -245,21 +232,21 @@ def test_a_miss_is_read_in_parts_of_read_size(models, monkeypatch, fill):
     monkeypatch.setattr(osio, "read_extent_into", lambda fd, off, bufs, what="": sizes.append(real(fd, off, bufs, what)) or sizes[-1])
     model, _ = moe.load(store, slots_per_layer=4, fill=fill, read_size=read_size, io_threads=threads)
     sizes.clear()
-    _logits_trace(model, random_prompt(8), steps=2)
+    logits_trace(model, random_prompt(8), steps=2)
     misses = moe.stats(model).total.misses
     assert misses and len(sizes) == misses * threads and sum(sizes) == misses * length
     assert min(sizes) >= read_size
     sizes.clear()
     model, _ = moe.load(store, slots_per_layer=4, fill=fill, read_size=length + 1)
     sizes.clear()
-    _logits_trace(model, random_prompt(8), steps=2)
+    logits_trace(model, random_prompt(8), steps=2)
     assert len(sizes) == moe.stats(model).total.misses and set(sizes) == {length}
 
 
 def test_reads_are_exact(models):
     _, store = models["qwen3_moe"]
     model, _ = moe.load(store, slots_per_layer=4)
-    _logits_trace(model, random_prompt(8), steps=4)
+    logits_trace(model, random_prompt(8), steps=4)
     st = moe.stats(model)
     s = mlxstore.open(store)
     for name, layer in st.layers.items():
@@ -273,11 +260,11 @@ def test_next_layer_prefetch_is_exact_and_counted(models):
     src, store = models["qwen3_moe"]
     resident, _ = mlx_lm.load(str(src))
     prompt = random_prompt(12, seed=3)
-    want = _logits_trace(resident, prompt, steps=4)
+    want = logits_trace(resident, prompt, steps=4)
     extent = {name: g.extents[0].length for name, g in mlxstore.open(store).expert_groups.items()}
     for mode in ("next-layer", "temporal"):
         model, _ = moe.load(store, slots_per_layer=4, prefetch=mode, page_cache="drop")
-        got = _logits_trace(model, prompt, steps=4)
+        got = logits_trace(model, prompt, steps=4)
         assert all(np.array_equal(w, g) for w, g in zip(want, got))
         st = moe.stats(model)
         assert st.total.prefetch_issued > 0, mode  # 4 of the layer's experts fit: some are hinted
@@ -357,7 +344,7 @@ def test_peak_memory_within_budget(tmp_path, fill):
     model, _ = moe.load(store, memory_budget=budget, max_context=64, headroom=256 << 10, fill=fill)
     plan = moe.plan_of(model)
     assert plan.slots_per_layer < 64 // 3
-    _logits_trace(model, random_prompt(16), steps=8)
+    logits_trace(model, random_prompt(16), steps=8)
     overhead = 4 << 20  # activations and allocator slack of this tiny model
     assert mx.get_peak_memory() <= budget + overhead
     assert moe.stats(model).total.misses > 0
@@ -383,9 +370,9 @@ def test_long_prompt_passes_bit_identical(models, arch):
     top_k = tiny_config(arch)["num_experts_per_tok"]
     resident, _ = mlx_lm.load(str(src))
     prompt = random_prompt(90, seed=11)
-    want = _logits_trace(resident, prompt, steps=2)
+    want = logits_trace(resident, prompt, steps=2)
     model, _ = moe.load(store, slots_per_layer=top_k)
-    got = _logits_trace(model, prompt, steps=2)
+    got = logits_trace(model, prompt, steps=2)
     assert all(np.array_equal(w, g) for w, g in zip(want, got))
     assert moe.stats(model).total.passes > 0
 
@@ -395,7 +382,7 @@ def test_all_resident_layers_decode_without_host_sync(models, monkeypatch):
     src, store = models["qwen3_moe"]
     resident, _ = mlx_lm.load(str(src))
     prompt = random_prompt(90, seed=4)
-    want = _logits_trace(resident, prompt, steps=4)
+    want = logits_trace(resident, prompt, steps=4)
     model, _ = moe.load(store, slots_per_layer=16)
     banks = [m.bank for _, m in model.named_modules() if hasattr(m, "bank")]
     for seed in range(20):  # random weights leave some experts unused for a while
@@ -442,7 +429,7 @@ def test_page_cache_drop_leaves_read_experts_uncached(models, fill):
             return _fill(misses)
 
         bank.fill = fill
-    _logits_trace(model, random_prompt(6, seed=5), steps=3)
+    logits_trace(model, random_prompt(6, seed=5), steps=3)
     distinct = sum(group.extents[e].length for group, e in read)
     del model, fill
     gc.collect()  # the model's release joins the pool: every drop has run
