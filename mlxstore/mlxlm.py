@@ -12,6 +12,7 @@ from __future__ import annotations
 from mlx_lm import server
 from mlx_lm.models.cache import (
     ArraysCache,
+    BatchKVCache,
     CacheList,
     KVCache,
     LRUPromptCache,
@@ -19,6 +20,7 @@ from mlx_lm.models.cache import (
     RotatingKVCache,
     make_prompt_cache,
 )
+from mlx_lm.models.cache import _BaseCache as BaseCache
 from mlx_lm.models.switch_layers import SwitchGLU, SwitchMLP
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -37,6 +39,8 @@ SWITCH_TYPES = (SwitchGLU, SwitchMLP)  # the modules every mlx-lm MoE keeps its 
 
 __all__ = [
     "ArraysCache",
+    "BaseCache",
+    "BatchKVCache",
     "CacheList",
     "KVCache",
     "LRUPromptCache",

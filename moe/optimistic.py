@@ -20,7 +20,9 @@ one that holds its working set tries, and stands, on every step.
 What can be put back: mlx-lm's KVCache and QuantizedKVCache (their offset), RotatingKVCache
 (offset and write index; its buffers too while they are longer than the window, as after
 a prompt), ArraysCache without batch padding (its state arrays, which a step replaces), and
-CacheList of those. A step over any other cache takes the host path.
+CacheList of those; and a cache class of a model's own, outside mlx-lm's cache family,
+whose state is plain attributes (arrays, numbers, lists of them: they go back as they
+were). A step over any other cache takes the host path.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlxstore.mlxlm import ArraysCache, CacheList, KVCache, QuantizedKVCache, RotatingKVCache
+from mlxstore.mlxlm import (
+    ArraysCache,
+    BaseCache,
+    CacheList,
+    KVCache,
+    QuantizedKVCache,
+    RotatingKVCache,
+)
 
 Undo = Callable[[], None]
 
@@ -163,7 +172,46 @@ def _undo_one(c) -> Undo | None:
         return _set(c, cache=list(c.cache))
     if kind is CacheList:
         return _all([_undo_one(p) for p in c.caches])
-    return None
+    if isinstance(c, BaseCache):
+        return None  # mlx-lm's other caches write into their buffers in ways not followed here
+    return _undo_attributes(c)
+
+
+_UNKNOWN = object()
+
+
+def _kept(value):
+    """`value` as it is now, or _UNKNOWN. An array is kept as a new array object of the
+    same value: `a[i] = v` in a step rebinds the object `a` to a new value (which then
+    copies instead of writing in place, as the old value is still held)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, mx.array):
+        return mx.array(value)
+    if isinstance(value, (list, tuple)):
+        kept = [_kept(v) for v in value]
+        return _UNKNOWN if any(k is _UNKNOWN for k in kept) else type(value)(kept)
+    return _UNKNOWN
+
+
+def _undo_attributes(c) -> Undo | None:
+    """A cache class of a model's own (deepseek_v41's LayerCache): its attributes go
+    back as they are now, if they are arrays, numbers, strings, None, or lists and tuples
+    of those; else None. Attributes the step adds are removed."""
+    attributes = getattr(c, "__dict__", None)
+    if attributes is None:
+        return None
+    saved = {name: _kept(value) for name, value in attributes.items()}
+    if any(v is _UNKNOWN for v in saved.values()):
+        return None
+
+    def undo() -> None:
+        for name in [n for n in vars(c) if n not in saved]:
+            delattr(c, name)
+        for name, value in saved.items():
+            setattr(c, name, _kept(value))  # a fresh copy each time: the step may run again
+
+    return undo
 
 
 def _decode_step(args: tuple, kwargs: dict) -> bool:

@@ -11,6 +11,7 @@ from conftest import random_prompt
 from mlxstore import moe
 from mlxstore.mlxlm import (
     ArraysCache,
+    BatchKVCache,
     CacheList,
     KVCache,
     QuantizedKVCache,
@@ -22,7 +23,8 @@ from mlxstore.moe import replay as rp
 from mlxstore.moe.optimistic import undo_for
 from mlxstore.moe.record import record, stop
 from mlxstore.moe.streaming import StreamingExperts
-from mlxstore.synth import tiny_config
+from mlxstore.pack import pack
+from mlxstore.synth import make_model_dir, tiny_config
 
 ARCHS = ["qwen3_moe", "gpt_oss", "qwen3_next", "deepseek_v3"]  # plain KV, sliding window, recurrent state, MLA
 
@@ -224,11 +226,72 @@ def test_undo_puts_recurrent_state_back():
     assert np.array_equal(np.array(c[0]), np.ones((1, 4)))
 
 
+class _OwnCache:
+    """A model's own cache class: a buffer written in place, one replaced, a count, a list."""
+
+    def __init__(self):
+        self.buffer = mx.zeros((1, 8))
+        self.window = None
+        self.offset = 0
+        self.rows = [mx.ones((1, 2))]
+
+    def step(self, seed: int) -> None:
+        self.buffer[:, self.offset % 8] = seed  # in place: the same Python object, a new value
+        self.window = mx.full((1, 3), seed) if self.window is None else self.window + seed
+        self.offset += 1
+        self.rows.append(mx.full((1, 2), seed))
+        self.scratch = mx.array([seed])  # an attribute the step adds
+
+    def state(self) -> list:
+        return [self.buffer, self.window, mx.array(self.offset), *self.rows, getattr(self, "scratch", mx.array([-1]))]
+
+
+def test_a_models_own_cache_class_is_put_back():
+    """A step put back and a different one after it give what that step alone gives, for a
+    cache class outside mlx-lm's (deepseek_v41's LayerCache is one), whatever it writes."""
+    put_back, direct = _OwnCache(), _OwnCache()
+    for c in (put_back, direct):
+        c.step(1)
+    undo = undo_for([put_back])
+    assert undo is not None
+    put_back.step(100)
+    undo()
+    assert np.array_equal(np.array(put_back.scratch), [1])
+    fresh = _OwnCache()
+    undo = undo_for([fresh])
+    fresh.step(3)
+    undo()
+    assert not hasattr(fresh, "scratch") and fresh.offset == 0 and len(fresh.rows) == 1
+    put_back.step(200)
+    direct.step(200)
+    got, want = put_back.state(), direct.state()
+    assert len(got) == len(want) and all(np.array_equal(np.array(a), np.array(b)) for a, b in zip(got, want))
+
+
 def test_caches_that_cannot_be_put_back_take_the_host_path():
     padded = ArraysCache(1, left_padding=[1])
     assert undo_for([KVCache(), padded]) is None
     assert undo_for([object()]) is None
+    assert undo_for([BatchKVCache(left_padding=[0])]) is None  # mlx-lm's own: known case by case
+    odd = _OwnCache()
+    odd.table = {"a": mx.zeros(2)}  # a state of a kind not followed
+    assert undo_for([odd]) is None
     assert undo_for(None) is not None  # no cache: nothing to put back
+
+
+def test_optimistic_steps_with_a_models_own_cache(tmp_path):
+    """deepseek_v41 keeps its own cache class: its decode steps stand optimistically too,
+    and give resident logits."""
+    src = make_model_dir("deepseek_v41", tmp_path / "src")
+    store = pack(src, tmp_path / "store", progress=False)
+    resident, _ = mlx_lm.load(str(src))
+    tokens = _tokens(16)
+    want = _run(resident, tokens)
+    model, _ = moe.load(store, slots_per_layer=12)
+    got = _run(model, tokens)
+    assert all(np.array_equal(w, g) for w, g in zip(want, got))
+    total = moe.stats(model).total
+    assert total.optimistic > 0 and total.redone > 0
 
 
 def _flat(x):
