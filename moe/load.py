@@ -61,7 +61,7 @@ from .plan import (
     make_plan,
 )
 from .policy import DEFAULT_POLICY, make_policy
-from .spec import largest_extent, latent_kv, sites_top_k, store_itemsize, store_sizes
+from .spec import cache_options, largest_extent, sites_top_k, store_itemsize, store_sizes
 from .stats import StreamStats
 from .streaming import NextLayer, StreamingExperts, default_pass_mode
 
@@ -236,14 +236,16 @@ def _load(s: Store, o: LoadOptions, group):
 
 def _guard(model: nn.Module, plan: Plan, config: dict, o: LoadOptions) -> None:
     """The context check of `moe.context`, per plan."""
-    cache = _cache(o)
+    cache = _cache(o, model)
     per_token = kv_bytes(config, 2, plan.max_context + 1000, 1, cache) - kv_bytes(config, 2, plan.max_context, 1, cache)
     if not guard_context(model, plan.max_context, o.past_max_context, per_token):
         log.warning("mlxstore: %s has no decoder layer list; passing max_context is not checked", type(model).__module__)
 
 
-def _cache(o: LoadOptions, latent: bool = False) -> CacheOptions:
-    return CacheOptions(o.kv_bits, o.kv_group_size, o.max_kv_size, latent)
+def _cache(o: LoadOptions, model: nn.Module | None = None) -> CacheOptions:
+    if model is None:
+        return CacheOptions(o.kv_bits, o.kv_group_size, o.max_kv_size)
+    return cache_options(model, o.kv_bits, o.kv_group_size, o.max_kv_size)
 
 
 def _release(pool: ThreadPoolExecutor, fds: list[int]) -> None:
@@ -268,7 +270,7 @@ def _plan(s: Store, sites, dense, config, o: LoadOptions, model: nn.Module, stag
         slots_per_layer=o.slots_per_layer,
         reserve=o.reserve,
         prefill_step_size=o.prefill_step_size,
-        cache=_cache(o, latent_kv(model)),
+        cache=_cache(o, model),
         staging=staging,
     )
 
@@ -276,9 +278,9 @@ def _plan(s: Store, sites, dense, config, o: LoadOptions, model: nn.Module, stag
 def kv_cache_bytes(store: Store, tokens: int, cache: CacheOptions | None = None) -> int:
     """The plan's estimate of one KV cache holding `tokens` tokens of this store's model."""
     config = model_config(store)
-    latent = latent_kv(build_model(config, store.quantization))  # lazy: no weight is read or allocated
+    model = build_model(config, store.quantization)  # lazy: no weight is read or allocated
     cache = cache or CacheOptions()
-    cache = CacheOptions(cache.kv_bits, cache.kv_group_size, cache.max_kv_size, latent)
+    cache = cache_options(model, cache.kv_bits, cache.kv_group_size, cache.max_kv_size)
     return kv_bytes(config, store_itemsize(store), tokens, 1, cache)
 
 

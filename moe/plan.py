@@ -78,6 +78,9 @@ class CacheOptions:
     kv_group_size: int = 64
     max_kv_size: int | None = None
     latent: bool = False  # multi-head latent attention that caches the compressed latent (mlx-lm's absorbed MLA)
+    # The caches mlx-lm builds for the model, one (kind, window) each: ("full", 0),
+    # ("sliding", window), ("linear", 0) (moe.spec.cache_layout); empty: read from the config.
+    layout: tuple[tuple[str, int], ...] = ()
 
 
 def available_memory() -> int:
@@ -99,38 +102,62 @@ def _text(config: dict) -> dict:
     return config.get("text_config", config)
 
 
+# The config keys one quantity goes by across mlx-lm's architectures (dbrx, phixtral and
+# longcat_flash do not use the Llama names).
+_LAYERS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+_HEADS = ("num_attention_heads", "n_heads", "num_heads")
+_HIDDEN = ("hidden_size", "d_model", "model_dim")
+
+
+def _first(cfg: dict, names: tuple[str, ...], default: int = 0) -> int:
+    return next((cfg[n] for n in names if cfg.get(n)), default)
+
+
 def _num_layers(cfg: dict) -> int:
-    return cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0
+    return _first(cfg, _LAYERS)
 
 
-def layer_kinds(config: dict) -> list[str]:
-    """"full", "sliding" or "linear" for each decoder layer, from `layer_types` or
+def _heads(cfg: dict) -> int:
+    return _first(cfg, _HEADS, 1)
+
+
+def _kv_heads(cfg: dict) -> int:
+    return cfg.get("num_key_value_heads") or (cfg.get("attn_config") or {}).get("kv_n_heads") or _heads(cfg)
+
+
+def layer_kinds(config: dict, cache: CacheOptions = CacheOptions()) -> list[tuple[str, int]]:
+    """(kind, window) of each cache: `cache.layout` where known (the caches the model
+    builds), else one per decoder layer from the config's `layer_types` or
     `full_attention_interval` (every layer "full" when the config says neither)."""
+    if cache.layout:
+        return list(cache.layout)
     cfg = _text(config)
     n = _num_layers(cfg)
+    window = cfg.get("sliding_window") or 0
     types = cfg.get("layer_types")
     if isinstance(types, list) and len(types) == n:
-        return ["sliding" if "sliding" in str(t) else "linear" if "linear" in str(t) else "full" for t in types]
+        return [("sliding", window) if "sliding" in str(t) and window else ("linear", 0) if "linear" in str(t)
+                else ("full", 0) for t in types]  # fmt: skip
     interval = cfg.get("full_attention_interval")
     if isinstance(interval, int) and interval > 0:
-        return ["full" if (i + 1) % interval == 0 else "linear" for i in range(n)]
-    return ["full"] * n
+        return [("full", 0) if (i + 1) % interval == 0 else ("linear", 0) for i in range(n)]
+    return [("full", 0)] * n
 
 
 def _kv_width(cfg: dict, latent: bool) -> int:
     """Elements cached per token by one attention layer (keys + values)."""
-    heads = cfg.get("num_attention_heads") or 1
+    heads = _heads(cfg)
+    indexer = cfg.get("index_head_dim") or 0  # sparse attention's indexer keeps a key per token too
     if cfg.get("kv_lora_rank"):
         if latent:
-            return cfg["kv_lora_rank"] + cfg.get("qk_rope_head_dim", 0)
-        return heads * (cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0) + cfg.get("v_head_dim", 0))
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    return 2 * kv_heads * _head_dim(cfg)
+            return cfg["kv_lora_rank"] + cfg.get("qk_rope_head_dim", 0) + indexer
+        per_head = cfg.get("qk_nope_head_dim", 0) + cfg.get("qk_rope_head_dim", 0) + cfg.get("v_head_dim", 0)
+        return heads * per_head + indexer
+    return 2 * _kv_heads(cfg) * _head_dim(cfg) + indexer
 
 
 def _head_dim(cfg: dict) -> int:
-    heads = cfg.get("num_attention_heads") or 1
-    return cfg.get("head_dim") or cfg.get("hidden_size", 0) // heads
+    return cfg.get("head_dim") or _first(cfg, _HIDDEN) // _heads(cfg)
 
 
 def _linear_state_bytes(cfg: dict, itemsize: int) -> int | None:
@@ -150,11 +177,11 @@ def kv_bytes_per_token(config: dict, itemsize: int, latent: bool = False) -> int
     return _num_layers(cfg) * _kv_width(cfg, latent) * itemsize
 
 
-def _cached_tokens(kind: str, cfg: dict, context: int, step: int, cache: CacheOptions) -> int:
+def _cached_tokens(kind: tuple[str, int], context: int, step: int, cache: CacheOptions) -> int:
     """Tokens one layer's cache holds at most (a rotating cache keeps its window plus one chunk)."""
     chunk = min(step, context)
-    if kind == "sliding" and cfg.get("sliding_window"):
-        return min(context, cfg["sliding_window"] + chunk)
+    if kind[0] == "sliding" and kind[1]:
+        return min(context, kind[1] + chunk)
     if cache.max_kv_size is not None:
         return min(context, cache.max_kv_size + chunk)
     return context + KV_GROWTH_STEP - 1  # a buffer grows past the tokens it holds by less than one step
@@ -177,11 +204,11 @@ def kv_bytes(config: dict, itemsize: int, context: int, step: int = MAX_PREFILL_
     else:
         per_element = itemsize
     total = largest = 0
-    for kind in layer_kinds(config):
-        if kind == "linear" and (state := _linear_state_bytes(cfg, itemsize)) is not None:
+    for kind in layer_kinds(config, cache):
+        if kind[0] == "linear" and (state := _linear_state_bytes(cfg, itemsize)) is not None:
             total += state
             continue
-        layer = math.ceil(_cached_tokens(kind, cfg, context, step, cache) * width * per_element)
+        layer = math.ceil(_cached_tokens(kind, context, step, cache) * width * per_element)
         total += layer
         largest = max(largest, layer)
     first_chunk = kv_bytes_per_token(config, itemsize, cache.latent) * min(step, context) if cache.kv_bits else 0
@@ -204,10 +231,10 @@ def activation_bytes(config: dict, step: int, context: int, itemsize: int, cache
     Generation evaluates only the last position's logits, so no step x vocab term.
     """
     cfg = _text(config)
-    hidden = cfg.get("hidden_size", 0)
-    heads = cfg.get("num_attention_heads") or 1
-    kinds = layer_kinds(config)
-    keys = max((_cached_tokens(k, cfg, context, step, cache) for k in kinds if k != "linear"), default=step)
+    hidden = _first(cfg, _HIDDEN)
+    heads = _heads(cfg)
+    kinds = layer_kinds(config, cache)
+    keys = max((_cached_tokens(k, context, step, cache) for k in kinds if k[0] != "linear"), default=step)
     keys = min(keys, context)
     t = min(step, context)
     out = HIDDEN_COPIES * t * hidden * itemsize
@@ -216,10 +243,10 @@ def activation_bytes(config: dict, step: int, context: int, itemsize: int, cache
         per_head = head + cfg.get("v_head_dim", 0)
         out += heads * (t * per_head + keys * per_head) * itemsize  # queries, outputs; per-head keys/values
     else:
-        kv_heads = cfg.get("num_key_value_heads") or heads
+        kv_heads = _kv_heads(cfg)
         out += (2 * heads + 2 * kv_heads) * _head_dim(cfg) * t * itemsize  # q, k, v, output
     out += ATTENTION_COPIES * heads * t * keys * itemsize + t * keys  # scores and the boolean mask
-    if "linear" in kinds and (vheads := cfg.get("linear_num_value_heads")):
+    if any(k[0] == "linear" for k in kinds) and (vheads := cfg.get("linear_num_value_heads")):
         conv = 2 * cfg.get("linear_num_key_heads", 0) * cfg.get("linear_key_head_dim", 0)
         conv += vheads * cfg.get("linear_value_head_dim", 0)
         out += 3 * t * conv * itemsize  # projections, convolution and gated outputs

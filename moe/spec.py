@@ -21,6 +21,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxstore.formats import DTYPE_SIZES, StoreError
 from mlxstore.formats.layout import PART_ALIGNMENT
+from mlxstore.mlxlm import ArraysCache, CacheList, RotatingKVCache, make_prompt_cache
 from mlxstore.switches import find_switches
 
 from .bank import ahead_bytes, staging_bytes_for
@@ -46,6 +47,7 @@ class ModelSpec:
     latent_kv: bool  # the attention caches a compressed latent (multi-head latent attention)
     quantization: str  # a short description, e.g. "affine 4-bit g64"
     largest_expert_bytes: int = 0  # the largest one expert of one layer takes on disk (its extent)
+    cache_layout: tuple[tuple[str, int], ...] = ()  # the caches the model builds (cache_layout)
 
     @property
     def model_type(self) -> str:
@@ -61,13 +63,47 @@ class ModelSpec:
         `fill`, `staged_load_size`, `prefetch` as `moe.load` takes them (fill None: this
         backend's)."""
         cache = CacheOptions(kv_bits=kw.pop("kv_bits", None), kv_group_size=kw.pop("kv_group_size", 64),
-                             max_kv_size=kw.pop("max_kv_size", None), latent=self.latent_kv)  # fmt: skip
+                             max_kv_size=kw.pop("max_kv_size", None), latent=self.latent_kv,
+                             layout=self.cache_layout)  # fmt: skip
         ahead = ahead_bytes(kw.pop("prefetch", DEFAULT_PREFETCH), self.top_k, self.largest_expert_bytes)
         staging = staging_bytes_for(kw.pop("fill", None), kw.pop("staged_load_size", DEFAULT_STAGED_LOAD_SIZE),
                                     self.largest_expert_bytes, ahead)  # fmt: skip
         return make_plan(budget=budget, dense_bytes=self.dense_bytes, expert_bytes=self.expert_bytes,
                          num_layers=self.num_layers, num_experts=self.num_experts, top_k=self.top_k,
                          config=self.config, itemsize=self.itemsize, cache=cache, staging=staging, **kw)  # fmt: skip
+
+
+def cache_layout(model: nn.Module) -> tuple[tuple[str, int], ...]:
+    """(kind, window) of every cache mlx-lm builds for `model` (its `make_cache`, else a
+    KVCache per layer; a CacheList's parts each): what the config alone does not say, as
+    longcat_flash's two attentions a layer. A cache of a model's own class counts as full
+    attention. Empty if the model cannot build its caches here."""
+    try:
+        caches = make_prompt_cache(model)
+    except Exception:  # noqa: BLE001 - then the plan reads the layers from the config
+        return ()
+    layout: list[tuple[str, int]] = []
+
+    def add(c) -> None:
+        if isinstance(c, CacheList):
+            for part in c.caches:
+                add(part)
+        elif isinstance(c, RotatingKVCache):
+            layout.append(("sliding", c.max_size))
+        elif isinstance(c, ArraysCache):
+            layout.append(("linear", 0))
+        else:
+            layout.append(("full", 0))
+
+    for c in caches:
+        add(c)
+    return tuple(layout)
+
+
+def cache_options(model: nn.Module, kv_bits: int | None = None, kv_group_size: int = 64,
+                  max_kv_size: int | None = None) -> CacheOptions:  # fmt: skip
+    """The cache generation builds for `model` with these mlx-lm options, as the plan counts it."""
+    return CacheOptions(kv_bits, kv_group_size, max_kv_size, latent_kv(model), cache_layout(model))
 
 
 def latent_kv(model: nn.Module) -> bool:
@@ -128,7 +164,8 @@ def from_store(store) -> ModelSpec:
     dense_bytes, per_slot, experts, top_k = store_sizes(store, sites, dense)
     q = _describe_quantization({p: dict(v) for p, v in (store.quantization or {}).items()})
     return ModelSpec(str(store.path), config, dense_bytes, per_slot, len(sites), experts, top_k,
-                     store_itemsize(store), latent_kv(model), q, largest_extent(store, sites))  # fmt: skip
+                     store_itemsize(store), latent_kv(model), q, largest_extent(store, sites),
+                     cache_layout(model))  # fmt: skip
 
 
 def _describe_quantization(per_module: dict[str, dict]) -> str:
@@ -214,7 +251,8 @@ def from_config(config: dict, source: str = "config") -> ModelSpec:
     floats = {v.dtype.size for k, v in tree_flatten(model.parameters())
               if k not in expert_names and mx.issubdtype(v.dtype, mx.floating)}  # fmt: skip
     return ModelSpec(source, config, dense_bytes, per_slot, len(sites), experts, top_k,
-                     min(floats, default=2), latent_kv(model), _describe_quantization(applied), largest)  # fmt: skip
+                     min(floats, default=2), latent_kv(model), _describe_quantization(applied), largest,
+                     cache_layout(model))  # fmt: skip
 
 
 def read_config(source: str | os.PathLike) -> tuple[dict, str] | None:

@@ -9,6 +9,7 @@ test fails when mlx-lm gains a module with routed experts that neither table cov
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -20,9 +21,19 @@ from conftest import logits_trace, random_prompt
 
 import mlxstore
 from mlxstore import moe
+from mlxstore.mlxlm import get_classes, make_prompt_cache
+from mlxstore.moe.plan import kv_bytes
+from mlxstore.moe.spec import cache_options
 from mlxstore.pack import pack
 from mlxstore.switches import find_switches
-from mlxstore.synth import ARCHITECTURES, make_model_dir
+from mlxstore.synth import (
+    ARCHITECTURES,
+    apply_quantization,
+    build,
+    cast,
+    make_model_dir,
+    tiny_config,
+)
 from mlxstore.synth_more import MORE_ARCHITECTURES
 
 # arch -> (routed experts, top-k) of its tiny config: what discovery must find.
@@ -133,3 +144,33 @@ def test_architecture_streams_bit_identical(tmp_path, arch, caplog):
         assert len(stats.layers) == sites, f"{arch} {label}: {len(stats.layers)} of {sites} streamed"
         assert stats.total.misses > 0
         del model
+
+
+def _own_keys(config: dict) -> dict:
+    """`config` cut to the keys its architecture reads, as a real checkpoint's config.json
+    has (the tiny configs share Llama-named defaults that would hide a key the plan misses)."""
+    _, args = get_classes(config)
+    own = {f.name for f in dataclasses.fields(args)}
+    if "text_config" in own and "text_config" not in config:  # read flat as the text config
+        return config
+    return {k: v for k, v in config.items() if k in own or k == "model_type"}
+
+
+@pytest.mark.parametrize("arch", sorted(a for a in {*ARCHITECTURES, *MORE_ARCHITECTURES} if _runs_here(a)))
+def test_kv_estimate_holds_the_caches_the_model_builds(arch):
+    """The plan's KV figure is at least what a prompt leaves in the model's caches, on
+    every architecture (longcat_flash has two attentions a layer; dbrx and phixtral name
+    their layers and heads otherwise; sparse attention keeps indexer keys)."""
+    config = tiny_config(arch)
+    model = build(config)
+    cast(model, mx.bfloat16)  # the caches' dtype: the plan counts 2 bytes an element
+    apply_quantization(model, config)  # the CPU backend gathers unquantized experts in float32 only
+    cache = make_prompt_cache(model)
+    tokens, step = 200, 64
+    prompt = random_prompt(tokens)
+    for start in range(0, tokens, step):
+        model(prompt[:, start:start + step], cache=cache)
+        mx.eval([c.state for c in cache])
+    held = sum(c.nbytes for c in cache)
+    estimate = kv_bytes(_own_keys(config), 2, tokens, step, cache_options(model))
+    assert 0 < held <= estimate, f"{arch}: caches hold {held} bytes after {tokens} tokens, the plan counts {estimate}"
