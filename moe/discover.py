@@ -41,8 +41,8 @@ def take_input(router: nn.Module) -> mx.array | None:
 
 @memoize
 def _remembering(cls: type) -> type:
-    def __call__(self, x, *args, **kwargs):
-        set_plain(self, "mlxstore_input", x)
-        return cls.__call__(self, x, *args, **kwargs)
+    def __call__(self, *args, **kwargs):
+        set_plain(self, "mlxstore_input", args[0] if args else next(iter(kwargs.values()), None))
+        return cls.__call__(self, *args, **kwargs)
 
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
