@@ -13,6 +13,7 @@ from synth_cases import CASES
 
 from mlxstore.mlxlm import SWITCH_TYPES
 from mlxstore.synth import ARCHITECTURES, apply_quantization, build, make_model_dir, tiny_config
+from mlxstore.synth_more import MORE_ARCHITECTURES
 
 
 def _bits(a: mx.array) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_routing_spreads_over_experts(model_dir, case, monkeypatch):
         assert used >= num * 3 // 4, f"layer {layer}: only {used} of {num} experts used"
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted({*ARCHITECTURES, *MORE_ARCHITECTURES}))
 def test_every_plain_quantized_matmul_is_wider_than_its_group(arch):
     """The fixtures are the reference on every backend: MLX's CUDA kernel for Hopper GPUs
     returns zeros when a quantized matmul's inner dimension is at most its group size, so
@@ -114,4 +115,5 @@ def test_every_plain_quantized_matmul_is_wider_than_its_group(arch):
         inner = m.weight.shape[-1] * 32 // m.bits
         assert inner > m.group_size and inner % 64 == 0, f"{arch} {name}: inner dimension {inner}"
         checked += 1
-    assert checked > 0
+    if not checked:  # muse_spark's quant_predicate quantizes only its experts
+        pytest.skip(f"{arch}: no plain quantized matmul")
