@@ -22,6 +22,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlxstore.formats import DTYPE_SIZES, StoreError
 from mlxstore.formats.layout import PART_ALIGNMENT
 from mlxstore.mlxlm import ArraysCache, CacheList, RotatingKVCache, make_prompt_cache
+from mlxstore.pack import plan as pack_plan
 from mlxstore.switches import find_switches
 
 from .bank import ahead_bytes, staging_bytes_for
@@ -112,10 +113,10 @@ def latent_kv(model: nn.Module) -> bool:
     return any(name.endswith("embed_q") for name, _ in model.named_modules())
 
 
-def _switch_sizes(sites, nbytes: dict[str, int], experts_of) -> tuple[int, int, int, int]:
+def _switch_sizes(sites, nbytes: dict[str, int], members: dict[str, list[str]], experts_of) -> tuple[int, int, int, int]:
     per_slot, largest = 0, 0
     for site in sites:
-        names = [n for n in nbytes if n.startswith(site.path + ".")]
+        names = members[site.path]
         one = sum(nbytes[n] for n in names) // experts_of(site)
         per_slot += one
         largest = max(largest, one + PART_ALIGNMENT * len(names))  # as `pack` lays an extent out
@@ -240,13 +241,19 @@ def from_config(config: dict, source: str = "config") -> ModelSpec:
     sites = find_switches(model)
     if not sites:
         raise StoreError(f"{source}: the {config.get('model_type')!r} model has no experts to stream (nothing to plan)")
-    nbytes = {k: v.nbytes for k, v in tree_flatten(model.parameters())}
+    params = tree_flatten(model.parameters())
+    nbytes = {k: v.nbytes for k, v in params}
 
     def experts_of(site) -> int:
         return next(v.shape[0] for k, v in tree_flatten(site.module.parameters()) if v.ndim >= 3)
 
-    per_slot, experts, top_k, largest = _switch_sizes(sites, nbytes, experts_of)
-    expert_names = {n for n in nbytes for site in sites if n.startswith(site.path + ".")}
+    # an expert group's members as `pack` groups them (not a norm kept under the experts, as muse_spark's)
+    members = {site.path: [] for site in sites}
+    for prefix, idx in pack_plan(params, {site.path: experts_of(site) for site in sites}):
+        if prefix:
+            members[prefix] += [params[i][0] for i in idx]
+    per_slot, experts, top_k, largest = _switch_sizes(sites, nbytes, members, experts_of)
+    expert_names = {n for names in members.values() for n in names}
     dense_bytes = sum(b for n, b in nbytes.items() if n not in expert_names)
     floats = {v.dtype.size for k, v in tree_flatten(model.parameters())
               if k not in expert_names and mx.issubdtype(v.dtype, mx.floating)}  # fmt: skip

@@ -23,7 +23,7 @@ import mlxstore
 from mlxstore import moe
 from mlxstore.mlxlm import get_classes, make_prompt_cache
 from mlxstore.moe.plan import kv_bytes
-from mlxstore.moe.spec import cache_options
+from mlxstore.moe.spec import cache_options, spec_of
 from mlxstore.pack import pack
 from mlxstore.switches import find_switches
 from mlxstore.synth import (
@@ -86,8 +86,9 @@ def _runs_here(arch: str) -> bool:
 
 @pytest.mark.parametrize("arch", sorted(MORE_ARCHITECTURES))
 def test_streamed_layers_stand_in_for_the_switch_modules(tmp_path, arch):
-    """Discovery finds every MoE layer with its router and top-k, and each streamed layer
-    answers for what the model reads off the switch module it replaced (its children)."""
+    """Discovery finds every MoE layer with its router and top-k, the plan is the same
+    from the store, from config.json alone and as the load makes it, and each streamed
+    layer answers for what the model reads off the switch module it replaced."""
     experts, top_k = EXPECTED[arch]
     src = make_model_dir(arch, tmp_path / "src")
     resident, _ = mlx_lm.load(str(src))
@@ -97,9 +98,16 @@ def test_streamed_layers_stand_in_for_the_switch_modules(tmp_path, arch):
         return
     assert sites and all(s.top_k == top_k for s in sites), f"{arch}: top-k {[s.top_k for s in sites]}"
     assert all(s.router is not None for s in sites), f"{arch}: a MoE layer without its router"
-    model, _ = moe.load(pack(src, tmp_path / "store", progress=False), slots_per_layer=top_k)
+    store = pack(src, tmp_path / "store", progress=False)
+    model, _ = moe.load(store, slots_per_layer=top_k)
     streamed = dict(model.named_modules())
     assert len(moe.stats(model).layers) == len(sites)
+    # the plan is the same from the store, from the config alone, and as the load made it
+    from_store, from_config = spec_of(store), spec_of(src / "config.json")
+    for key in ("dense_bytes", "expert_bytes", "num_layers", "num_experts", "top_k", "latent_kv", "cache_layout"):
+        assert getattr(from_store, key) == getattr(from_config, key), f"{arch}: {key}"
+    assert from_store.num_experts == experts and from_store.top_k == top_k
+    assert from_config.plan(None, slots_per_layer=top_k) == moe.plan_of(model)
     for site in sites:
         wrapper = streamed[site.path]
         for name, child in wrapper.inner.items():
