@@ -67,6 +67,15 @@ def align_up(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
+def extent_length(part_sizes) -> int:
+    """Bytes of one expert's extent: its parts in order, each after the first starting on a
+    PART_ALIGNMENT boundary (SPEC.md section 4)."""
+    length = 0
+    for size in part_sizes:
+        length = align_up(length, PART_ALIGNMENT) + size
+    return length
+
+
 def check_alignment(alignment: int) -> int:
     if (
         not isinstance(alignment, int)

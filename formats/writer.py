@@ -26,6 +26,7 @@ from .layout import (
     align_up,
     check_alignment,
     check_file_name,
+    extent_length,
     shard_name,
     xxh3,
 )
@@ -253,9 +254,7 @@ class StoreWriter:
             if not shape or int(shape[0]) != num:
                 raise StoreError(f"expert group {prefix!r}: {name!r} shape {list(shape)} is not stacked over {num} experts")
             sizes.append(nbytes // num if num else 0)
-        extent_len = 0
-        for s in sizes:
-            extent_len = align_up(extent_len, PART_ALIGNMENT) + s
+        extent_len = extent_length(sizes)
         pieces: list[list[Piece]] = [[] for _ in tensors]
         extents = []
         count = 0

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlxstore.formats import DTYPE_SIZES, StoreError
-from mlxstore.formats.layout import PART_ALIGNMENT
+from mlxstore.formats.layout import extent_length
 from mlxstore.mlxlm import ArraysCache, CacheList, RotatingKVCache, make_prompt_cache
 from mlxstore.pack import plan as pack_plan
 from mlxstore.switches import find_switches
@@ -117,9 +117,9 @@ def _switch_sizes(sites, nbytes: dict[str, int], members: dict[str, list[str]], 
     per_slot, largest = 0, 0
     for site in sites:
         names = members[site.path]
-        one = sum(nbytes[n] for n in names) // experts_of(site)
-        per_slot += one
-        largest = max(largest, one + PART_ALIGNMENT * len(names))  # as `pack` lays an extent out
+        parts = [nbytes[n] // experts_of(site) for n in names]
+        per_slot += sum(parts)
+        largest = max(largest, extent_length(parts))  # as `pack` lays an extent out
     num_experts = max(experts_of(site) for site in sites)
     top_k = sites_top_k(sites)
     return per_slot, num_experts, top_k, largest

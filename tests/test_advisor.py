@@ -158,8 +158,10 @@ def test_plot_is_written(wide, tmp_path):
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_from_a_config_alone(wide):
-    """Without a store there is no disk to probe: the speed must be given; reads are the spec's."""
+@pytest.mark.parametrize("fill", ["direct", "staged"])
+def test_from_a_config_alone(wide, fill):
+    """Without a store there is no disk to probe: the speed must be given; reads are the spec's.
+    A staged fill (a GPU's) counts buffers sized by the largest expert, the same from either."""
     import json
 
     config = json.loads((wide.parent / "src" / "config.json").read_text())
@@ -169,10 +171,10 @@ def test_from_a_config_alone(wide):
         from mlxstore.moe.advisor import advise_model
 
         advise_model(spec, trace, AdviseOptions(points=3))
-    advice = advise_model(spec, trace, AdviseOptions(points=3, disk_gbps=1.0))
+    advice = advise_model(spec, trace, AdviseOptions(points=3, disk_gbps=1.0), fill=fill)
     assert shape_of(spec).read_bytes == (spec.expert_bytes // 3,) * 3
     with mlxstore.open(wide) as s:
-        stored = advise_store(s, trace, AdviseOptions(points=3, disk_gbps=1.0))
+        stored = advise_store(s, trace, AdviseOptions(points=3, disk_gbps=1.0), fill=fill)
     assert [r.hit_rate for r in advice.rows] == pytest.approx([r.hit_rate for r in stored.rows])
 
 

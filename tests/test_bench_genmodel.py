@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 
 from bench.harness.genmodel import (
+    GROUP_SIZE,
     expert_usage,
     make_config,
     tensor_specs,
     write_model,
 )
+from bench.harness.scale import SCALES
 
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench` runs
-TINY = dict(layers=2, experts=8, top_k=2, hidden=128, moe_intermediate=64, intermediate=256,
+TINY = dict(layers=2, experts=8, top_k=2, hidden=128, moe_intermediate=128, intermediate=256,
             heads=4, kv_heads=2, head_dim=32, vocab=512)
 
 
@@ -44,8 +46,9 @@ def test_layout_matches_mlx_community(tiny: Path) -> None:
         for leaf in ("weight", "scales", "biases"):
             assert f"model.layers.0.mlp.switch_mlp.{part}.{leaf}" in names
     specs = {t.name: t for t in tensor_specs(config)}
-    assert specs["model.layers.0.mlp.switch_mlp.down_proj.weight"].shape == (8, 128, 64 // 8)
-    assert specs["model.layers.0.mlp.switch_mlp.gate_proj.scales"].shape == (8, 64, 128 // 64)
+    # [experts, out, in * bits / 32] and [experts, out, in / group]
+    assert specs["model.layers.0.mlp.switch_mlp.down_proj.weight"].shape == (8, 128, 128 // 8)
+    assert specs["model.layers.0.mlp.switch_mlp.gate_proj.scales"].shape == (8, 128, 128 // 64)
     assert specs["model.layers.0.mlp.gate.weight"].shape == (8, 128 // 4)
     assert index["metadata"]["total_size"] == sum(t.nbytes for t in specs.values())
 
@@ -79,6 +82,16 @@ def test_bfloat16_model_loads(tmp_path: Path) -> None:
     assert model.layers[0].mlp.gate.bits == 4
     out = model(mx.array([[9, 10, 11]]))
     assert out.shape == (1, 3, TINY["vocab"]) and not bool(mx.isnan(out).any())
+
+
+@pytest.mark.parametrize("name", sorted(SCALES))
+def test_bench_models_are_wider_than_their_group(name: str) -> None:
+    """As the test fixtures (tests/test_synth.py): MLX's CUDA kernel for Hopper GPUs returns
+    zeros for a quantized matmul no wider than its group, so no bench model may be that narrow."""
+    for shape in (SCALES[name].as_dict(), TINY):
+        for key in ("hidden", "moe_intermediate", "intermediate"):
+            assert shape[key] > GROUP_SIZE, f"{name}: {key}={shape[key]}"
+        assert shape["heads"] * shape["head_dim"] > GROUP_SIZE, name
 
 
 def test_bad_shapes_rejected() -> None:

@@ -104,10 +104,14 @@ def test_streamed_layers_stand_in_for_the_switch_modules(tmp_path, arch):
     assert len(moe.stats(model).layers) == len(sites)
     # the plan is the same from the store, from the config alone, and as the load made it
     from_store, from_config = spec_of(store), spec_of(src / "config.json")
-    for key in ("dense_bytes", "expert_bytes", "num_layers", "num_experts", "top_k", "latent_kv", "cache_layout"):
+    for key in ("dense_bytes", "expert_bytes", "num_layers", "num_experts", "top_k", "latent_kv", "cache_layout",
+                "largest_expert_bytes"):
         assert getattr(from_store, key) == getattr(from_config, key), f"{arch}: {key}"
     assert from_store.num_experts == experts and from_store.top_k == top_k
     assert from_config.plan(None, slots_per_layer=top_k) == moe.plan_of(model)
+    # a GPU's staged fill counts buffers sized by the largest expert: the same from either
+    staged = {"fill": "staged", "prefetch": "next-layer-read"}
+    assert from_config.plan("4GB", **staged) == from_store.plan("4GB", **staged), arch
     for site in sites:
         wrapper = streamed[site.path]
         for name, child in wrapper.inner.items():

@@ -57,7 +57,7 @@ SCALES = {
     # 8 real-shape layers (3 GB); a smaller vocabulary keeps the head from dominating a token.
     "quick": Scale("quick", layers=8, vocab=32768, tokens=32, p5_prompt=128),
     # Seconds-long harness test: 128 tiny experts so the real traces replay unchanged.
-    "toy": Scale("toy", layers=2, vocab=256, hidden=64, moe_intermediate=64, intermediate=128,
+    "toy": Scale("toy", layers=2, vocab=256, hidden=128, moe_intermediate=128, intermediate=256,
                  heads=2, kv_heads=1, head_dim=32 * 2, prompt=4, warmup=1, tokens=3,
                  sweep_warmup=1, sweep_tokens=2,
                  p5_prompt=8, p5_resident_prompt=4, curve_slots=(8, 128), max_context=64,
