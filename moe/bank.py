@@ -37,6 +37,7 @@ from mlxstore.formats.layout import xxh3
 from mlxstore.sizes import parse_size
 from mlxstore.staging import BUFFERS, HostStaging, StagingBuffer, pack_loads, staging_bytes
 
+from .ahead_gate import AheadGate
 from .policy import SlotPolicy
 from .stats import LayerStats
 
@@ -113,6 +114,7 @@ class ExpertBank:
         self.ahead = ahead
         self._ahead_buf: StagingBuffer | None = None
         self._ahead_at: dict[int, tuple[int, list]] = {}
+        self.ahead_gate = AheadGate()  # whether reading ahead for this bank pays (moe.ahead_gate)
         # where each tensor sits in any expert's extent, when staged loads are scattered
         scatter = options.fill == "staged" and options.copy == "scatter"
         self._offsets = _alike_offsets(group, tensors) if scatter else None
@@ -424,6 +426,15 @@ class ExpertBank:
             self.stats.prefetch_bytes += extent.length
         self.predicted.update(chosen)
         self._ahead_buf, self._ahead_at = buf, chosen
+        self.ahead_gate.issued(sum(self.group.extents[e].length for e in chosen))
+
+    def wants_ahead(self) -> bool:
+        """Whether the layer before should predict this bank's next experts and read them
+        ahead: not while its recent read-aheads went mostly untaken (moe.ahead_gate)."""
+        if self.ahead_gate.open():
+            return True
+        self.stats.ahead_paused += 1
+        return False
 
     def _fill_from_ahead(self, ahead: list[tuple[int, int]]) -> None:
         """Misses the layer before read ahead: once those reads have landed, copied into
@@ -436,6 +447,7 @@ class ExpertBank:
                 future.result()  # a failed read raises here, and `_read_all` empties the call's slots
         self.stats.file_seconds += time.perf_counter() - began
         self.stats.ahead_used += len(ahead)
+        self.ahead_gate.took(sum(self.group.extents[e].length for e, _ in ahead))
         load = [((e, s), self.group.extents[e]) for e, s in ahead]
         bases = [at for at, _ in taken]
         if self.options.fill == "staged":

@@ -18,6 +18,7 @@ class LayerStats:
     prefetch_bytes: int = 0
     prefetch_used: int = 0  # prefetched experts that a later call of the layer missed on
     ahead_used: int = 0  # of those, read ahead into memory ("next-layer-read") and taken from there
+    ahead_paused: int = 0  # calls not read ahead for, recent read-aheads having gone untaken (moe.ahead_gate)
     calls: int = 0
     passes: int = 0  # passes run by calls that needed more experts than slots
     sync_seconds: float = 0.0  # waiting for the router's ids to reach the host

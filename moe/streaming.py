@@ -104,7 +104,8 @@ class StreamingExperts(Wrapper):
         st = bank.stats
         t0 = time.perf_counter()
         ahead = None  # the next layer's predicted experts, to read ahead once this call's are in
-        if hidden is not None:
+        decode = indices.size <= SORT_THRESHOLD  # reads ahead are for decode calls only
+        if hidden is not None and (self.prefetch != "next-layer-read" or (decode and nxt.bank.wants_ahead())):
             predicted = nxt.experts(hidden)
             mx.eval(indices, predicted)  # one sync for both
             ahead = np.unique(np.array(predicted))
@@ -141,7 +142,7 @@ class StreamingExperts(Wrapper):
         if self.overlap:
             mx.async_eval(out)  # the experts compute while Python builds the next layer's graph
         t3 = time.perf_counter()
-        if ahead is not None and ids.size <= SORT_THRESHOLD:  # decode: the next layer's reads start now
+        if ahead is not None and decode:  # the next layer's reads start now
             nxt.bank.read_ahead(ahead)
         st.sync_seconds += t1 - t0
         st.host_seconds += (t2 - t1) - (waited2 - waited) + (time.perf_counter() - t3)

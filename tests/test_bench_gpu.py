@@ -35,9 +35,29 @@ def test_gpu_stage_writes_targets_profile_and_exactness(tmp_path: Path) -> None:
     assert rows[("all-hits-host", "warm")]["optimistic_share"] == 0
     ahead = rows[("25%-staged-ahead-foresight", "cold")]
     assert ahead["ahead_share"] > 0 and ahead["ahead_mb_per_token"] > 0 and rows[("25%-staged", "cold")]["ahead_share"] == 0
+    assert ahead["ahead_paused_share"] == 0  # foresight: every read-ahead pays
     staged = rows[("25%-staged", "cold")]
     assert staged["missed_mb_per_token"] > 0 and 0 < staged["hit_rate"] < 1
     assert staged["copy_ms_per_token"] > 0 and rows[("25%-direct", "cold")]["copy_ms_per_token"] < 0.01
     profile = staged["profile_ms"]
     assert abs(sum(v for k, v in profile.items() if k != "total") - profile["total"]) < 1e-6
     assert "Where a token's time goes" in (out / "gpu.md").read_text()
+    # a run cut short in its prompt phase keeps its decode table: rebuilt from the partial file
+    again = tmp_path / "again"
+    cmd = [sys.executable, "-m", "bench", "gpu", "--from-partial", str(out / "gpu-partial.json"), "--out", str(again)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rebuilt = json.loads((again / "gpu.json").read_text())
+    assert rebuilt["decode"] == report["decode"] and rebuilt["machine"] == report["machine"]
+    assert [t["value"] for t in rebuilt["targets"] if t["id"] != "G5"] == [
+        t["value"] for t in report["targets"] if t["id"] != "G5"]
+    assert "Rebuilt from gpu-partial.json" in (again / "gpu.md").read_text()
+
+
+def test_a_partial_without_decode_segments_is_one_line(tmp_path: Path) -> None:
+    partial = tmp_path / "gpu-partial.json"
+    partial.write_text(json.dumps({"exact": {"all-fit": True}}))
+    cmd = [sys.executable, "-m", "bench", "gpu", "--from-partial", str(partial)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "no timed decode segments" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -195,3 +195,53 @@ def test_a_call_waits_only_for_the_read_aheads_it_takes(deep, monkeypatch):
     released.set()
     assert all(np.array_equal(w, g) for w, g in zip(want, got))
     assert not late
+
+
+def test_the_gate_pauses_read_ahead_that_goes_untaken():
+    """A window of read-aheads mostly untaken closes the gate for PAUSE calls; one whose
+    bytes were mostly taken leaves it open."""
+    from mlxstore.moe.ahead_gate import MIN_USEFUL, PAUSE, WINDOW, AheadGate
+
+    gate = AheadGate()
+    for _ in range(3 * WINDOW):  # every byte taken
+        assert gate.open()
+        gate.issued(100)
+        gate.took(100)
+    for _ in range(WINDOW):  # just enough taken
+        assert gate.open()
+        gate.issued(100)
+        gate.took(int(100 * MIN_USEFUL))
+    for _ in range(WINDOW):  # nothing taken
+        assert gate.open()
+        gate.issued(100)
+    assert [gate.open() for _ in range(PAUSE)] == [False] * PAUSE
+    assert gate.open()  # and it tries again
+
+
+def test_wrong_predictions_stop_being_read(deep):
+    """Every prediction wrong: each layer's read-ahead pauses after one window, the model
+    stays exact; every prediction right (foresight) over as many tokens: never paused."""
+    from mlxstore.moe.ahead_gate import WINDOW
+
+    decode = WINDOW + 8
+    src, store = deep
+    trace = make_trace(n_layer=LAYERS, top_k=TOP_K, steps=decode + 4)
+    resident, _ = mlx_lm.load(str(src))
+    replay(resident, trace)
+    want = _run(resident, 3, decode)
+    for wrong in (True, False):
+        model, _ = moe.load(store, slots_per_layer=TOP_K, prefetch="next-layer-read", optimistic=False)
+        wrappers = replay(model, trace, foresight=True)
+        if wrong:
+            for w, after in zip(wrappers, wrappers[1:]):  # experts the next call will not use
+                w.inner.next_layer.predict = lambda x, after=after: mx.array(
+                    np.setdiff1d(np.arange(EXPERTS), after.peek(x.size // x.shape[-1], TOP_K))[None])  # fmt: skip
+        got = _run(model, 3, decode, after_prompt=lambda m=model: moe.stats(m, reset=True))
+        assert all(np.array_equal(w, g) for w, g in zip(want, got))
+        for bank in _banks(model)[1:]:  # decode only: the 3-token prompt read ahead once too
+            st = bank.stats
+            if wrong:
+                assert st.ahead_used == 0 and st.prefetch_issued == (WINDOW - 1) * TOP_K, bank.name
+                assert st.ahead_paused == decode - (WINDOW - 1), bank.name
+            else:
+                assert st.ahead_paused == 0 and st.ahead_used == st.misses > 0, bank.name

@@ -140,7 +140,7 @@ def _stats(model) -> dict:
             "bytes_read": t.bytes_read, "read_seconds": t.read_seconds, "file_seconds": t.file_seconds,
             "wait_seconds": t.wait_seconds, "sync_seconds": t.sync_seconds, "host_seconds": t.host_seconds,
             "graph_seconds": t.graph_seconds, "passes": t.passes, "optimistic": t.optimistic, "redone": t.redone,
-            "ahead_used": t.ahead_used, "prefetch_bytes": t.prefetch_bytes,
+            "ahead_used": t.ahead_used, "ahead_paused": t.ahead_paused, "prefetch_bytes": t.prefetch_bytes,
             # the replay wrapper makes the layer's real host sync, on the router's own ids
             "router_sync_seconds": sum(w.sync_seconds for w in replay.replayed(model))}  # fmt: skip
 
@@ -222,9 +222,13 @@ def _machine() -> dict:
 @click.option("--sha", default=None, help="Git sha to record when the tree has no .git.")
 @click.option("--out", default=None, help="Folder for gpu.json and gpu.md (default: a new bench/results/gpu-<time>).")
 @click.option("--configs", default=None, help="Comma-separated subset of the configurations to run.")
+@click.option("--from-partial", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Write the decode report of a run cut short from its gpu-partial.json, and run nothing.")
 def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, rounds, prompt_len, trace,
-            sha, out, configs) -> None:  # fmt: skip
+            sha, out, configs, from_partial) -> None:  # fmt: skip
     """Issue 8's GPU targets G1-G5 in one process (run it on the GPU machine)."""
+    if from_partial:
+        return report_from_partial(Path(from_partial), Path(out or Path(from_partial).parent), sha)
     import mlx_lm
 
     from bench.harness.results import new_result
@@ -248,6 +252,10 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
     if not store.exists():
         pack(model_dir, store, progress=False)
     build_s = time.perf_counter() - t0
+    meta = {"command": "python -m bench gpu " + " ".join(f"--{k} {v}" for k, v in (
+                ("layers", layers), ("tokens", tokens), ("rounds", rounds), ("prompt", prompt_len))),
+            "git": sha or _git_sha(), "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "model": config, "trace": trace_path.name, "build_seconds": build_s}  # fmt: skip
     files = _files(store)
     print(f"model + store built in {build_s:.0f}s at {work}", flush=True)
 
@@ -325,7 +333,7 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         exact[name] = all(np.array_equal(w, g) for w, g in zip(want + want_long, got))
         print(f"exact {name}: {exact[name]}", flush=True)
     Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "gpu-partial.json").write_text(json.dumps({"exact": exact}) + "\n")
+    (Path(out) / "gpu-partial.json").write_text(json.dumps({**meta, "exact": exact}, default=float) + "\n")
 
     # Decode, alternated: cold (every miss from the disk) then warm (the page cache holds the store).
     timed: dict[str, list] = {}
@@ -355,46 +363,13 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         for key in [k for k in extents if k.endswith("/" + phase) and extents[k]]:
             raws[key] = raw_read(extents[key], threads=16, cold=phase == "cold")
         print(f"{phase} decode done ({time.perf_counter() - t_start:.0f}s)", flush=True)
-        (Path(out) / "gpu-partial.json").write_text(json.dumps({"exact": exact, "timed": timed}, default=float) + "\n")
+        partial = {**meta, "exact": exact, "timed": timed, "raws": raws}
+        (Path(out) / "gpu-partial.json").write_text(json.dumps(partial, default=float) + "\n")
 
-    rows = []
-    res_s = {ph: np.median([x["seconds"] / x["tokens"] for x in timed[f"resident/{ph}"]]) for ph in ("cold", "warm")}
-    for key, runs in timed.items():
-        name, phase = key.split("/")
-        s_tok = float(np.median([x["seconds"] / x["tokens"] for x in runs]))
-        row = {"config": name, "phase": phase, "tok_s": 1 / s_tok, "vs_resident": res_s[phase] / s_tok,
-               "exact": exact.get(name, True)}  # fmt: skip
-        if name != "resident":
-            tot = {k: sum(x[k] for x in runs) for k in runs[0] if k not in ("seconds", "tokens")}
-            n_tok = sum(x["tokens"] for x in runs)
-            row.update(hit_rate=tot["hits"] / max(1, tot["requests"]),
-                       missed_mb_per_token=tot["bytes_read"] / n_tok / 1e6,
-                       sync_us_per_layer=(tot["sync_seconds"] + tot["router_sync_seconds"]) / max(1, tot["calls"]) * 1e6,
-                       host_us_per_layer=tot["host_seconds"] / max(1, tot["calls"]) * 1e6,
-                       graph_us_per_layer=tot["graph_seconds"] / max(1, tot["calls"]) * 1e6,
-                       wait_ms_per_token=tot["wait_seconds"] / n_tok * 1e3,
-                       copy_ms_per_token=(tot["read_seconds"] - tot["file_seconds"]) / n_tok * 1e3,
-                       file_gb_s=tot["bytes_read"] / tot["file_seconds"] / 1e9 if tot["file_seconds"] else None,
-                       read_gb_s=tot["bytes_read"] / tot["read_seconds"] / 1e9 if tot["read_seconds"] else None,
-                       optimistic_share=tot["optimistic"] / max(1, tot["calls"]),
-                       ahead_share=tot["ahead_used"] / max(1, tot["misses"]),
-                       ahead_mb_per_token=tot["prefetch_bytes"] / n_tok / 1e6,
-                       redone_per_token=tot["redone"] / n_tok)  # fmt: skip
-            raw = raws.get(key)
-            if raw:
-                row["raw_gb_s"] = raw["gb_per_s"]
-                bound = 1 / (res_s[phase] + tot["bytes_read"] / n_tok / (raw["gb_per_s"] * 1e9))
-                row["bound_tok_s"] = bound
-                row["vs_bound"] = row["tok_s"] / bound
-                row["read_vs_raw"] = (row["read_gb_s"] or 0) / raw["gb_per_s"]
-                row["file_vs_raw"] = (row["file_gb_s"] or 0) / raw["gb_per_s"]
-            per_tok = {k: tot[k] / n_tok * 1e3 for k in ("sync_seconds", "router_sync_seconds", "host_seconds",
-                                                         "graph_seconds", "file_seconds", "read_seconds")}  # fmt: skip
-            row["profile_ms"] = {"total": s_tok * 1e3, "sync": per_tok["sync_seconds"] + per_tok["router_sync_seconds"],
-                                 "host": per_tok["host_seconds"], "graph": per_tok["graph_seconds"],
-                                 "file": per_tok["file_seconds"], "copy": per_tok["read_seconds"] - per_tok["file_seconds"]}  # fmt: skip
-            row["profile_ms"]["rest"] = row["profile_ms"]["total"] - sum(v for k, v in row["profile_ms"].items() if k != "total")
-        rows.append(row)
+    rows = decode_rows(timed, exact, raws)
+    # the decode table stands on its own: written now, so a run cut short in the prompt keeps it
+    write_report(Path(out), {**meta, "exact": exact, "decode": rows, "prompt": {}, "prompt_runs": [],
+                             "targets": targets_of(rows, {}, prompt_len), "seconds": time.perf_counter() - t_start})
 
     # Prompt: 512 tokens at 25% of the experts, expert-major passes, cold, vs resident.
     prompt_rows = []
@@ -423,6 +398,29 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         prompt[name] = {"tok_s": prompt_len / s, "resident_tok_s": prompt_len / res_p,
                         "read_once_tok_s": prompt_len / read_once_s, "vs_bound": bound_s / s}  # fmt: skip
 
+    write_report(Path(out), {**meta, "exact": exact, "decode": rows, "prompt": prompt, "prompt_runs": prompt_rows,
+                             "targets": targets_of(rows, prompt, prompt_len), "seconds": time.perf_counter() - t_start})
+
+
+def report_from_partial(partial: Path, out: Path, sha: str | None) -> None:
+    """The decode report of a run that ended before its prompt phase (the GPU machine's
+    time limit), from the partial file it leaves after each decode phase. A partial
+    written before the run recorded its machine and model says "not recorded"."""
+    data = json.loads(partial.read_text())
+    if "timed" not in data or not any(k.startswith("resident/") for k in data["timed"]):
+        raise click.ClickException(f"{partial}: no timed decode segments (the run ended before its first phase)")
+    unknown = "not recorded"
+    meta = {"command": data.get("command", unknown), "git": data.get("git") or sha or unknown,
+            "machine": data.get("machine", {"device": unknown, "mlx": unknown, "cpus": unknown}),
+            "date": data.get("date", unknown), "model": data.get("model"), "trace": data.get("trace", unknown)}
+    rows = decode_rows(data["timed"], data["exact"], data.get("raws", {}))
+    write_report(out, {**meta, "exact": data["exact"], "decode": rows, "prompt": {}, "prompt_runs": [],
+                       "targets": targets_of(rows, {}, 0), "seconds": None, "from_partial": partial.name})
+
+
+def targets_of(rows: list[dict], prompt: dict, prompt_len: int) -> list[dict]:
+    """Issue 8's verdicts from the decode rows and the prompt results (None where not run)."""
+
     def row(name, phase):
         return next((x for x in rows if x["config"] == name and x["phase"] == phase), {})
 
@@ -431,43 +429,93 @@ def command(work, layers, experts, hidden, moe_intermediate, vocab, tokens, roun
         return min(values) if values else None
 
     host = row("all-hits-host", "warm")
-    targets = [
+    return [
         verdict("G1", worst("vs_resident", ["all-fit"]), "worst of cold/warm"),
         verdict("G2", worst("vs_resident", ["all-hits-optimistic"]), "worst of cold/warm"),
         verdict("G2-host", worst("vs_resident", ["all-hits-host"]), "worst of cold/warm"),
         verdict("G2h", host.get("host_us_per_layer"), "mean over calls, 100% hits, warm"),
         verdict("G3", worst("vs_bound", ["50%-staged", "25%-staged"]), "worst of 50%/25% x cold/warm (staged fill)"),
         verdict("G4", worst("read_vs_raw", ["50%-staged", "25%-staged"]), "worst of 50%/25% x cold/warm"),
-        verdict("G5", prompt.get("25%-staged", {}).get("vs_bound"), f"{prompt_len}-token prompt at 25%"),
+        verdict("G5", prompt.get("25%-staged", {}).get("vs_bound"),
+                f"{prompt_len}-token prompt at 25%" if prompt else "prompt not run"),
     ]
-    report = {"command": "python -m bench gpu " + " ".join(f"--{k} {v}" for k, v in (
-                  ("layers", layers), ("tokens", tokens), ("rounds", rounds), ("prompt", prompt_len))),
-              "git": sha or _git_sha(), "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-              "model": config, "trace": trace_path.name, "build_seconds": build_s, "exact": exact,
-              "decode": rows, "prompt": prompt, "prompt_runs": prompt_rows, "targets": targets,
-              "seconds": time.perf_counter() - t_start}  # fmt: skip
+
+
+def write_report(out: Path, report: dict) -> None:
+    """gpu.json and gpu.md in `out` (the markdown printed too)."""
     md = _markdown(report)
     print(md)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (out / "gpu.md").write_text(md)
+
+
+def decode_rows(timed: dict, exact: dict, raws: dict) -> list[dict]:
+    """One row per configuration and phase from the timed segments (and each one's raw
+    reference read, where it was taken: the bound and the read ratios need it)."""
+    rows = []
+    res_s = {ph: np.median([x["seconds"] / x["tokens"] for x in timed[f"resident/{ph}"]]) for ph in ("cold", "warm")}
+    for key, runs in timed.items():
+        name, phase = key.split("/")
+        s_tok = float(np.median([x["seconds"] / x["tokens"] for x in runs]))
+        row = {"config": name, "phase": phase, "tok_s": 1 / s_tok, "vs_resident": res_s[phase] / s_tok,
+               "exact": exact.get(name, True)}  # fmt: skip
+        if name != "resident":
+            tot = {k: sum(x[k] for x in runs) for k in runs[0] if k not in ("seconds", "tokens")}
+            n_tok = sum(x["tokens"] for x in runs)
+            row.update(hit_rate=tot["hits"] / max(1, tot["requests"]),
+                       missed_mb_per_token=tot["bytes_read"] / n_tok / 1e6,
+                       sync_us_per_layer=(tot["sync_seconds"] + tot["router_sync_seconds"]) / max(1, tot["calls"]) * 1e6,
+                       host_us_per_layer=tot["host_seconds"] / max(1, tot["calls"]) * 1e6,
+                       graph_us_per_layer=tot["graph_seconds"] / max(1, tot["calls"]) * 1e6,
+                       wait_ms_per_token=tot["wait_seconds"] / n_tok * 1e3,
+                       copy_ms_per_token=(tot["read_seconds"] - tot["file_seconds"]) / n_tok * 1e3,
+                       file_gb_s=tot["bytes_read"] / tot["file_seconds"] / 1e9 if tot["file_seconds"] else None,
+                       read_gb_s=tot["bytes_read"] / tot["read_seconds"] / 1e9 if tot["read_seconds"] else None,
+                       optimistic_share=tot["optimistic"] / max(1, tot["calls"]),
+                       ahead_share=tot["ahead_used"] / max(1, tot["misses"]),
+                       ahead_paused_share=tot.get("ahead_paused", 0) / max(1, tot["calls"]),
+                       ahead_mb_per_token=tot["prefetch_bytes"] / n_tok / 1e6,
+                       redone_per_token=tot["redone"] / n_tok)  # fmt: skip
+            raw = raws.get(key)
+            if raw:
+                row["raw_gb_s"] = raw["gb_per_s"]
+                bound = 1 / (res_s[phase] + tot["bytes_read"] / n_tok / (raw["gb_per_s"] * 1e9))
+                row["bound_tok_s"] = bound
+                row["vs_bound"] = row["tok_s"] / bound
+                row["read_vs_raw"] = (row["read_gb_s"] or 0) / raw["gb_per_s"]
+                row["file_vs_raw"] = (row["file_gb_s"] or 0) / raw["gb_per_s"]
+            per_tok = {k: tot[k] / n_tok * 1e3 for k in ("sync_seconds", "router_sync_seconds", "host_seconds",
+                                                         "graph_seconds", "file_seconds", "read_seconds")}  # fmt: skip
+            row["profile_ms"] = {"total": s_tok * 1e3, "sync": per_tok["sync_seconds"] + per_tok["router_sync_seconds"],
+                                 "host": per_tok["host_seconds"], "graph": per_tok["graph_seconds"],
+                                 "file": per_tok["file_seconds"], "copy": per_tok["read_seconds"] - per_tok["file_seconds"]}  # fmt: skip
+            row["profile_ms"]["rest"] = row["profile_ms"]["total"] - sum(v for k, v in row["profile_ms"].items() if k != "total")
+        rows.append(row)
+
+    return rows
+
+
+def _model_line(model: dict | None) -> str:
+    if not model:
+        return "model not recorded"
+    return f"model {model['num_hidden_layers']} layers x {model['num_experts']} experts top-{model['num_experts_per_tok']}"
 
 
 def _markdown(rep: dict) -> str:
     cols = ["config", "phase", "tok_s", "vs_resident", "hit_rate", "missed_mb_per_token", "sync_us_per_layer",
             "host_us_per_layer", "graph_us_per_layer", "wait_ms_per_token", "copy_ms_per_token", "read_gb_s",
             "file_gb_s", "raw_gb_s", "vs_bound", "optimistic_share", "redone_per_token", "ahead_share",
-            "ahead_mb_per_token", "exact"]  # fmt: skip
+            "ahead_mb_per_token", "ahead_paused_share", "exact"]  # fmt: skip
 
     def cell(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
     lines = [f"# mlxstore on a GPU (`{rep['command']}`)", "",
              f"git {rep['git']}, {rep['date']}, {rep['machine'].get('device_name', rep['machine']['device'])}, "
-             f"mlx {rep['machine']['mlx']}, {rep['machine']['cpus']} CPUs; model {rep['model']['num_hidden_layers']} "
-             f"layers x {rep['model']['num_experts']} experts top-{rep['model']['num_experts_per_tok']}, "
-             f"trace {rep['trace']}.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
+             f"mlx {rep['machine']['mlx']}, {rep['machine']['cpus']} CPUs; {_model_line(rep['model'])}, "
+             f"trace {rep['trace']}.", *([f"Rebuilt from {rep['from_partial']} (the run ended before its prompt phase)."]
+                                         if rep.get("from_partial") else []), "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
     for r in rep["decode"]:
         lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
     parts = ["total", "sync", "host", "graph", "file", "copy", "rest"]

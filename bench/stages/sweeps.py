@@ -27,7 +27,7 @@ def _row(side: Side) -> dict:
     return {**profile(side), "slots_per_layer": plan.get("slots_per_layer"),
             "disk_gb_per_token": d.get("io_read_bytes", 0) / n / 1e9,
             "prefetch_issued": st.get("prefetch_issued", 0), "prefetch_used": st.get("prefetch_used", 0),
-            "ahead_used": st.get("ahead_used", 0),
+            "ahead_used": st.get("ahead_used", 0), "ahead_paused": st.get("ahead_paused", 0),
             "prefetch_gb_per_token": st.get("prefetch_bytes", 0) / n / 1e9,
             "died": side.result.get("died"), "peak_bytes": (side.result.get("exit") or {}).get("peak_bytes")}  # fmt: skip
 
